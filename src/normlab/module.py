@@ -1,0 +1,89 @@
+"""The thin LightningModule: a classifier's steps, epoch metrics and optimizer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class Classifier(pl.LightningModule):
+    """Trains ``net`` with cross-entropy and logs, once per epoch:
+
+    ``train/loss``, ``train/acc`` (running averages over the epoch in train mode, as d2l reports),
+    ``val/loss``, ``val/acc`` (eval mode: moving statistics), ``lr``, ``time/epoch_s`` (training
+    pass) and ``perf/samples_per_s``.
+
+    Per-step sums stay on the device and are read once per epoch: a ``self.log`` per step costs
+    more than a whole LeNet step at small batch sizes. All metrics of an epoch are logged together
+    when validation ends (Lightning validates after the last training batch of every epoch), so a
+    tracker receives one batch per epoch.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: OptimizerFactory) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        # [sum of loss * n, correct, n] for the running epoch, per stage
+        self._sums = {"train": torch.zeros(3, dtype=torch.float64), "val": torch.zeros(3, dtype=torch.float64)}
+        self._train_started = 0.0
+        self._train_seconds = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self.net(images)
+        loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            correct = (logits.argmax(dim=1) == labels).sum()
+            n = torch.tensor(labels.numel(), device=loss.device)
+            self._sums[stage] += torch.stack([loss.detach() * n, correct, n]).to(torch.float64)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def _reset(self, stage: str) -> None:
+        self._sums[stage] = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+        self._synchronize()
+        self._train_started = time.perf_counter()
+
+    def on_validation_epoch_start(self) -> None:
+        self._synchronize()
+        self._train_seconds = time.perf_counter() - self._train_started
+        self._reset("val")
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {}
+        for stage in ("train", "val"):
+            loss_sum, correct, n = self._sums[stage].tolist()
+            if n:
+                metrics[f"{stage}/loss"] = loss_sum / n
+                metrics[f"{stage}/acc"] = correct / n
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+            metrics["time/epoch_s"] = self._train_seconds
+            metrics["perf/samples_per_s"] = self._sums["train"][2].item() / max(self._train_seconds, 1e-9)
+        self.log_dict(metrics, on_step=False, on_epoch=True)

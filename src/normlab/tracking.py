@@ -1,0 +1,122 @@
+"""MLflow: where runs go, what each run records, and epoch-numbered metrics for Lightning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import MLFlowLogger
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Keys that say where results go, not what is computed: left out of the fingerprint.
+NOT_FINGERPRINTED = ("tracking",)
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """``configured``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db``."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def experiment_id(client: MlflowClient, study: str) -> str:
+    """The id of the study's MLflow experiment, created on first use."""
+    experiment = client.get_experiment_by_name(study)
+    return experiment.experiment_id if experiment else client.create_experiment(study)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``: the resolved config as MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A short hash of what a run computes (the resolved config less where it is recorded)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    kept = {key: value for key, value in resolved.items() if key not in NOT_FINGERPRINTED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def git_state() -> tuple[str, bool]:
+    """(commit, dirty) of the project checkout; ("unknown", False) outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+    return commit, bool(status.strip())
+
+
+def run_name(cfg: DictConfig) -> str:
+    """``<model>-<norm>-bs<batch>-m<momentum>-lr<lr>-s<seed>``: readable in the UI's run list."""
+    return f"{setup_name(cfg)}-s{cfg.seed}"
+
+
+def setup_name(cfg: DictConfig) -> str:
+    """What a results table groups seeds by: ``label`` if set, else the run name without the seed."""
+    if cfg.get("label"):
+        return str(cfg.label)
+    return (
+        f"{cfg.model.name}-{cfg.norm.kind}-bs{cfg.data.batch_size}"
+        f"-m{cfg.norm.momentum}-lr{cfg.optimizer.lr}"
+    )
+
+
+def start_run(cfg: DictConfig, overrides: list[str], device: str) -> tuple[MlflowClient, str]:
+    """Create the run in the study's experiment with params, tags and config artifacts."""
+    client = MlflowClient(tracking_uri(cfg.tracking.uri))
+    commit, dirty = git_state()
+    tags = {
+        "study": cfg.study,
+        "setup": setup_name(cfg),
+        "model": cfg.model.name,
+        "norm": cfg.norm.kind,
+        "batch_size": str(cfg.data.batch_size),
+        "momentum": str(cfg.norm.momentum),
+        "lr": str(cfg.optimizer.lr),
+        "seed": str(cfg.seed),
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "config_fingerprint": fingerprint(cfg),
+        "device": device,
+    }
+    run = client.create_run(experiment_id(client, cfg.study), run_name=run_name(cfg), tags=tags)
+    run_id = run.info.run_id
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params_list = [mlflow.entities.Param(key, value) for key, value in params.items()]
+    for start in range(0, len(params_list), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=params_list[start : start + 100])
+    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
+    return client, run_id
+
+
+class EpochMLFlowLogger(MLFlowLogger):
+    """Lightning's MLflow logger, but metrics go at step = epoch number (1 after the first epoch).
+
+    Lightning logs epoch metrics at the global step, which differs between batch sizes, so curves
+    of different runs would not overlay. Lightning adds ``epoch`` (0-based) to every epoch-level
+    metrics dict; we use it as the step and drop it as a metric.
+    """
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        super().log_metrics(metrics, step=step if epoch is None else int(epoch) + 1)

@@ -1,0 +1,109 @@
+"""The Hydra entry point: ``python -m normlab.train [overrides]`` trains one LeNet, ``-m`` sweeps.
+
+Flow: check the choices -> load and verify data -> build net and module -> MLflow run -> fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from normlab import data, tracking
+from normlab.data import DataError, IndexBatches
+from normlab.module import Classifier
+from normlab.norms import NORMS
+from normlab.progress import EpochProgress
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("data", "model", "norm", "optimizer", "trainer", "setup", "experiment")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def unknown_choice(arguments: list[str]) -> str | None:
+    """One sentence for the first ``group=option`` argument naming no option, else None.
+
+    Hydra's own message for this is a dozen lines; a typo deserves one.
+    """
+    for argument in arguments:
+        key, _, value = argument.lstrip("+~").partition("=")
+        if key not in GROUPS or not value:
+            continue
+        known = group_options(key)
+        for option in value.split(","):  # a sweep lists several
+            if option not in known and option != "null":
+                noun = "norm kind" if key == "norm" else f"{key}"
+                return f"error: unknown {noun} {option!r}; valid: {', '.join(known)}"
+    return None
+
+
+def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
+    """Train one run as configured, record it in MLflow, and return its final metrics."""
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)
+    train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset)
+    net = instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
+    module = Classifier(net, optimizer=instantiate(cfg.optimizer))
+
+    name = tracking.run_name(cfg)
+    client, run_id = tracking.start_run(cfg, overrides, device="pending")
+    logger = tracking.EpochMLFlowLogger(
+        experiment_name=cfg.study, tracking_uri=tracking.tracking_uri(cfg.tracking.uri), run_id=run_id
+    )
+    trainer = pl.Trainer(
+        **cfg.trainer,
+        logger=logger,
+        callbacks=[EpochProgress(name)],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    device = trainer.strategy.root_device
+    client.set_tag(run_id, "device", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    train_batches = IndexBatches(
+        data.Split(train_split.images.to(device), train_split.labels.to(device)),
+        cfg.data.batch_size, shuffle=True, seed=cfg.seed,
+    )
+    test_batches = IndexBatches(
+        data.Split(test_split.images.to(device), test_split.labels.to(device)),
+        cfg.data.eval_batch_size, shuffle=False,
+    )
+    try:
+        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=test_batches)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    try:
+        metrics = fit(cfg, list(HydraConfig.get().overrides.task))
+    except (DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return metrics.get("val/acc", float("nan"))
+
+
+def cli() -> None:
+    problem = unknown_choice(sys.argv[1:])
+    if problem:
+        print(problem, file=sys.stderr)
+        raise SystemExit(2)
+    main()
+
+
+if __name__ == "__main__":
+    cli()
