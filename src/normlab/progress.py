@@ -18,7 +18,7 @@ class EpochProgress(pl.Callback):
 
     def __init__(self, run_name: str, console: Console | None = None) -> None:
         self.run_name = run_name
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self._fit_started = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -89,6 +90,9 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
+    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     try:
         metrics = fit(cfg, list(HydraConfig.get().overrides.task))
     except (DataError, ValueError) as error:

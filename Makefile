@@ -1,0 +1,45 @@
+# normlab: make sweep (run a study, then its table) and make test. `make help` lists all targets.
+SHELL := bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXP ?= d2l_bn_lenet
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv data sweep table test test-full lint ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "normlab needs Python >= 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with the pinned packages (pip)
+
+data: ## install Debian's dataset-fashion-mnist when root on Debian/Ubuntu (else torchvision downloads it)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
+
+sweep: venv data ## run study EXP (default d2l_bn_lenet) over its grid, then write its table; ARGS= adds overrides
+	$(PY) -m normlab.train -m experiment=$(EXP) $(ARGS)
+	$(PY) -m normlab.report $(EXP)
+
+table: venv ## rebuild experiments/EXP/RESULTS.md (+ CSV) from MLflow alone
+	$(PY) -m normlab.report $(EXP)
+
+test: venv data lint ## ruff, then the test suite (under 10 minutes on 2 cores)
+	$(PY) -m pytest -q
+
+lint: venv ## ruff check
+	$(VENV)/bin/ruff check .
+
+ui: venv ## the MLflow UI over the project's store on 127.0.0.1 (PORT, default 5000)
+	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}"
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $${PORT:-5000}
+
+clean: ## remove Hydra outputs (keeps .venv and mlflow.db)
+	rm -rf outputs multirun .pytest_cache
