@@ -66,17 +66,15 @@ def git_state() -> tuple[str, bool]:
 
 def run_name(cfg: DictConfig) -> str:
     """``<model>-<norm>-bs<batch>-m<momentum>-lr<lr>-s<seed>``: readable in the UI's run list."""
-    return f"{setup_name(cfg)}-s{cfg.seed}"
+    return (
+        f"{cfg.model.name}-{cfg.norm.kind}-bs{cfg.data.batch_size}"
+        f"-m{cfg.norm.momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
+    )
 
 
 def setup_name(cfg: DictConfig) -> str:
     """What a results table groups seeds by: ``label`` if set, else the run name without the seed."""
-    if cfg.get("label"):
-        return str(cfg.label)
-    return (
-        f"{cfg.model.name}-{cfg.norm.kind}-bs{cfg.data.batch_size}"
-        f"-m{cfg.norm.momentum}-lr{cfg.optimizer.lr}"
-    )
+    return str(cfg.label) if cfg.get("label") else run_name(cfg).removesuffix(f"-s{cfg.seed}")
 
 
 def start_run(cfg: DictConfig, overrides: list[str], device: str) -> tuple[MlflowClient, str]:
