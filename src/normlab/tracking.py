@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,17 @@ def git_state() -> tuple[str, bool]:
     return commit, bool(status.strip())
 
 
+def machine() -> str:
+    """Host, architecture, cores and torch threads: enough to tell which box a number came from."""
+    import torch
+
+    return (
+        f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, {platform.python_implementation()} {platform.python_version()}, "
+        f"torch {torch.__version__})"
+    )
+
+
 def run_name(cfg: DictConfig) -> str:
     """``<model>-<norm>-bs<batch>-m<momentum>-lr<lr>-s<seed>``: readable in the UI's run list."""
     return (
@@ -94,6 +106,7 @@ def start_run(cfg: DictConfig, overrides: list[str], device: str) -> tuple[Mlflo
         "git_dirty": str(dirty).lower(),
         "config_fingerprint": fingerprint(cfg),
         "device": device,
+        "machine": machine(),
     }
     run = client.create_run(experiment_id(client, cfg.study), run_name=run_name(cfg), tags=tags)
     run_id = run.info.run_id
