@@ -22,7 +22,10 @@ ROOT_ENV_VAR = "NORMLAB_DATA"
 
 # Decompressed sizes and sha256 (the .gz bytes differ between Debian and upstream; these do not).
 FILES: dict[str, tuple[int, str]] = {
-    "train-images-idx3-ubyte": (47_040_016, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-images-idx3-ubyte": (
+        47_040_016,
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
     "train-labels-idx1-ubyte": (60_008, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
     "t10k-images-idx3-ubyte": (7_840_016, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
     "t10k-labels-idx1-ubyte": (10_008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
@@ -104,7 +107,9 @@ def locate(root: str | None = None, download: bool = True) -> dict[str, bytes]:
         try:
             _download()
         except Exception as error:  # any network or disk failure ends in the same advice
-            raise DataError(f"Fashion-MNIST was not found and its download failed ({error}); {HOW_TO_GET}.") from error
+            raise DataError(
+                f"Fashion-MNIST was not found and its download failed ({error}); {HOW_TO_GET}."
+            ) from error
         found = _verified_bytes(DOWNLOAD_ROOT / "FashionMNIST" / "raw")
         if found is not None:
             return found
@@ -136,7 +141,9 @@ def load(
         _images(raw["train-images-idx3-ubyte"])[:n].to(device),
         _labels(raw["train-labels-idx1-ubyte"])[:n].to(device),
     )
-    test = Split(_images(raw["t10k-images-idx3-ubyte"]).to(device), _labels(raw["t10k-labels-idx1-ubyte"]).to(device))
+    test = Split(
+        _images(raw["t10k-images-idx3-ubyte"]).to(device), _labels(raw["t10k-labels-idx1-ubyte"]).to(device)
+    )
     return train, test
 
 
@@ -170,4 +177,7 @@ class IndexBatches:
                 index = order[start : start + self.batch_size]
                 yield self.split.images[index], self.split.labels[index]
             else:
-                yield self.split.images[start : start + self.batch_size], self.split.labels[start : start + self.batch_size]
+                yield (
+                    self.split.images[start : start + self.batch_size],
+                    self.split.labels[start : start + self.batch_size],
+                )

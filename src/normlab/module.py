@@ -32,7 +32,10 @@ class Classifier(pl.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         # [sum of loss * n, correct, n] for the running epoch, per stage
-        self._sums = {"train": torch.zeros(3, dtype=torch.float64), "val": torch.zeros(3, dtype=torch.float64)}
+        self._sums = {
+            "train": torch.zeros(3, dtype=torch.float64),
+            "val": torch.zeros(3, dtype=torch.float64),
+        }
         self._train_started = 0.0
         self._train_seconds = 0.0
 

@@ -59,7 +59,9 @@ class BatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected_dim = 4 if self.spatial else 2
         if x.dim() != expected_dim:
-            raise ValueError(f"BatchNorm(spatial={self.spatial}) expects {expected_dim}-D input, got {x.dim()}-D")
+            raise ValueError(
+                f"BatchNorm(spatial={self.spatial}) expects {expected_dim}-D input, got {x.dim()}-D"
+            )
         shape = (1, -1, 1, 1) if self.spatial else (1, -1)
         if self.training:
             dims = (0, 2, 3) if self.spatial else (0,)

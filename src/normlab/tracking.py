@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
@@ -58,7 +59,10 @@ def git_state() -> tuple[str, bool]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
@@ -67,11 +71,9 @@ def git_state() -> tuple[str, bool]:
 
 def machine() -> str:
     """Host, architecture, cores and torch threads: enough to tell which box a number came from."""
-    import torch
-
     return (
         f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads, {platform.python_implementation()} {platform.python_version()}, "
+        f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
         f"torch {torch.__version__})"
     )
 

@@ -20,7 +20,6 @@ from omegaconf import DictConfig
 from normlab import data, tracking
 from normlab.data import DataError, IndexBatches
 from normlab.module import Classifier
-from normlab.norms import NORMS
 from normlab.progress import EpochProgress
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -73,11 +72,14 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     client.set_tag(run_id, "device", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     train_batches = IndexBatches(
         data.Split(train_split.images.to(device), train_split.labels.to(device)),
-        cfg.data.batch_size, shuffle=True, seed=cfg.seed,
+        cfg.data.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
     )
     test_batches = IndexBatches(
         data.Split(test_split.images.to(device), test_split.labels.to(device)),
-        cfg.data.eval_batch_size, shuffle=False,
+        cfg.data.eval_batch_size,
+        shuffle=False,
     )
     try:
         trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=test_batches)

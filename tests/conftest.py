@@ -1,0 +1,26 @@
+"""Shared fixtures: the real config, composed and shrunk for a quick CPU run into a temporary store."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from normlab.train import CONF_DIR
+
+QUICK = ["data.train_subset=2048", "data.batch_size=64", "trainer.max_epochs=2", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def compose_config() -> Callable[[list[str]], DictConfig]:
+    def _compose(overrides: list[str]) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+
+    return _compose

@@ -1,0 +1,82 @@
+"""Every config group option, experiment and setup composes and instantiates into a working net."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from normlab.models import LeNet
+from normlab.norms import NORMS
+from normlab.train import CONF_DIR, group_options, unknown_choice
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR.parent / "experiments").glob("*.yaml"))
+
+
+def _build(cfg) -> torch.nn.Module:
+    net = instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
+    optimizer = instantiate(cfg.optimizer)(net.parameters())
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    return net
+
+
+def test_norm_configs_match_the_registry() -> None:
+    assert group_options("norm") == sorted(NORMS)
+
+
+def test_experiments_are_the_experiment_group() -> None:
+    assert EXPERIMENTS and group_options("experiment") == EXPERIMENTS
+
+
+@pytest.mark.parametrize("group", ["model", "norm", "optimizer", "data", "trainer", "setup"])
+def test_every_group_option_composes(group: str, compose_config) -> None:
+    for option in group_options(group):
+        cfg = compose_config([f"{group}={option}"])
+        assert isinstance(_build(cfg), LeNet)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_and_its_setups_compose(experiment: str, compose_config) -> None:
+    cfg = compose_config([f"experiment={experiment}"])
+    assert cfg.study == experiment
+    _build(cfg)
+    grid = cfg.hydra.sweeper.params if "hydra" in cfg else {}
+    for setup in str(grid.get("setup", "")).split(","):
+        if setup:
+            _build(compose_config([f"experiment={experiment}", f"setup={setup}"]))
+
+
+def test_d2l_study_is_the_issue_design(compose_config) -> None:
+    expected = {
+        "d2l_lenet": ("lenet_d2l", "none", 0.9),
+        "bn_scratch": ("lenet_bn", "scratch", 1.0),
+        "bn_native": ("lenet_bn", "native", 1.0),
+        "bn_none": ("lenet_bn", "none", 0.9),
+    }
+    for setup, (model, norm, lr) in expected.items():
+        cfg = compose_config(["experiment=d2l_bn_lenet", f"setup={setup}"])
+        assert (cfg.model.name, cfg.norm.kind, cfg.optimizer.lr) == (model, norm, lr)
+        assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.data.train_subset) == (256, 10, None)
+
+
+def test_unknown_choice_sentence() -> None:
+    assert unknown_choice(["norm=scratch", "seed=1"]) is None
+    assert unknown_choice(["-m", "norm=none,scratch"]) is None
+    assert (
+        unknown_choice(["norm=scratch,bogus"])
+        == "error: unknown norm kind 'bogus'; valid: native, none, scratch"
+    )
+    assert "unknown model 'resnet'" in unknown_choice(["model=resnet"])
+
+
+def test_cli_rejects_unknown_norm_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "normlab.train", "norm=bogus"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown norm kind 'bogus'; valid: native, none, scratch"
+    ]

@@ -1,0 +1,111 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from normlab import data
+from normlab.data import DataError, IndexBatches, Split
+
+
+@pytest.fixture(scope="module")
+def real() -> tuple[Split, Split]:
+    return data.load(download=False)
+
+
+def test_real_fashion_mnist(real: tuple[Split, Split]) -> None:
+    train, test = real
+    assert train.images.shape == (60_000, 1, 28, 28) and test.images.shape == (10_000, 1, 28, 28)
+    assert train.images.dtype == torch.float32
+    assert train.images.min() == 0.0 and train.images.max() == 1.0
+    # Balanced classes: 6,000 per class in train, 1,000 in test.
+    assert torch.bincount(train.labels).tolist() == [6000] * 10
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_train_subset() -> None:
+    train, test = data.load(download=False, train_subset=100)
+    assert len(train.labels) == 100 and len(test.labels) == 10_000
+    with pytest.raises(ValueError, match="train_subset must be between 1 and 60000"):
+        data.load(download=False, train_subset=60_001)
+
+
+def _copy_real_files(target: Path) -> None:
+    source = next(d for d in data._candidate_dirs(None) if data._verified_bytes(d) is not None)
+    for name in data.FILES:
+        found = data._find(source, name)
+        shutil.copy(found, target / found.name)
+
+
+def test_explicit_root_and_uncompressed_files(tmp_path: Path) -> None:
+    _copy_real_files(tmp_path)
+    for gz in tmp_path.glob("*.gz"):  # decompressed files are found as well
+        gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    train, _ = data.load(root=str(tmp_path), download=False, train_subset=10)
+    assert len(train.labels) == 10
+
+
+def test_corrupt_file_is_one_sentence_naming_both_ways(tmp_path: Path) -> None:
+    _copy_real_files(tmp_path)
+    labels = next(tmp_path.glob("t10k-labels*"))
+    raw = bytearray(gzip.decompress(labels.read_bytes()) if labels.suffix == ".gz" else labels.read_bytes())
+    raw[100] ^= 1  # one flipped bit
+    labels.unlink()
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes(raw))
+    with pytest.raises(DataError) as error:
+        data.locate(root=str(tmp_path), download=False)
+    message = str(error.value)
+    assert "corrupt" in message and "t10k-labels-idx1-ubyte" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "torchvision" in message
+    assert "\n" not in message
+
+
+def test_missing_data_names_both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "DEBIAN_ROOT", tmp_path / "no-debian")
+    monkeypatch.setattr(data, "DOWNLOAD_ROOT", tmp_path / "no-download")
+    monkeypatch.delenv(data.ROOT_ENV_VAR, raising=False)
+    with pytest.raises(
+        DataError, match="was not found in .*apt-get install dataset-fashion-mnist.*torchvision"
+    ):
+        data.locate(root=str(tmp_path / "empty"), download=False)
+
+    def offline() -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data, "_download", offline)
+    with pytest.raises(DataError, match="download failed \\(network is unreachable\\)"):
+        data.locate(root=None, download=True)
+
+
+def _split(n: int) -> Split:
+    return Split(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1), torch.arange(n))
+
+
+def test_index_batches_cover_every_sample_once_per_epoch() -> None:
+    batches = IndexBatches(_split(10), batch_size=4, shuffle=True, seed=3)
+    assert len(batches) == 3
+    first = list(batches)
+    assert [len(y) for _, y in first] == [4, 4, 2]  # the last, partial batch is kept
+    seen = torch.cat([y for _, y in first])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert all(torch.equal(x.view(-1).long(), y) for x, y in first)  # images stay with their labels
+    second = torch.cat([y for _, y in batches])
+    assert not torch.equal(seen, second)  # a new order each epoch
+
+
+def test_shuffling_is_seeded() -> None:
+    def orders(seed: int) -> list[list[int]]:
+        batches = IndexBatches(_split(50), batch_size=50, shuffle=True, seed=seed)
+        return [next(iter(batches))[1].tolist() for _ in range(3)]
+
+    assert orders(0) == orders(0)
+    assert orders(0) != orders(1)
+
+
+def test_unshuffled_batches_keep_order() -> None:
+    batches = IndexBatches(_split(7), batch_size=3, shuffle=False)
+    assert torch.cat([y for _, y in batches]).tolist() == list(range(7))
+    with pytest.raises(ValueError, match="batch size must be at least 1"):
+        IndexBatches(_split(7), batch_size=0, shuffle=False)

@@ -1,0 +1,67 @@
+"""Tables from a store whose runs we wrote ourselves, so every number in them is known."""
+
+import statistics
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from normlab import report
+
+FINAL_VAL_ACC = {"bn": [0.80, 0.84, 0.86], "plain": [0.70, 0.74]}
+
+
+def _fill(store: str) -> None:
+    client = MlflowClient(store)
+    experiment = client.create_experiment("toy")
+    for setup, values in FINAL_VAL_ACC.items():
+        for seed, value in enumerate(values):
+            run = client.create_run(
+                experiment,
+                tags={
+                    "setup": setup,
+                    "seed": str(seed),
+                    "git_commit": "a" * 40,
+                    "git_dirty": "false",
+                    "machine": "testbox",
+                    "device": "cpu",
+                },
+            )
+            metrics = [
+                Metric("val/acc", value - 0.1, 0, 1),
+                Metric("val/acc", value, 0, 2),
+                Metric("train/acc", value + 0.05, 0, 2),
+                Metric("train/loss", 1 - value, 0, 2),
+            ]
+            params = [Param("reference.test_acc", "0.807")] if setup == "bn" else []
+            client.log_batch(run.info.run_id, metrics=metrics, params=params)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    failed = client.create_run(experiment, tags={"setup": "plain", "seed": "9", "git_commit": "a" * 40})
+    client.log_batch(failed.info.run_id, metrics=[Metric("val/acc", 0.1, 0, 1)])
+    client.set_terminated(failed.info.run_id, "FAILED")
+
+
+def test_mean_sd_n_of_final_epoch_per_setup(store: str, tmp_path: Path) -> None:
+    _fill(store)
+    summary = report.write("toy", store, out_dir=tmp_path).set_index("setup")
+    for setup, values in FINAL_VAL_ACC.items():
+        row = summary.loc[setup]
+        assert row["n"] == len(values)
+        assert row["val/acc mean"] == pytest.approx(statistics.mean(values))
+        assert row["val/acc sd"] == pytest.approx(statistics.stdev(values))
+        assert row["train/loss mean"] == pytest.approx(1 - statistics.mean(values))
+    assert summary.loc["plain", "failed"] == 1  # counted, not averaged in
+    assert summary.loc["bn", "val/acc d2l"] == pytest.approx(0.807)
+
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "| bn | 3 | 0.167 ± 0.031 | – | 0.883 ± 0.031 | – | 0.833 ± 0.031 | 0.807 |" in results
+    assert "| plain | 2 (+1 failed) |" in results
+    assert "machine: testbox" in results and "commit: aaaaaaaaaa" in results
+    assert "make table EXP=toy" in results
+    assert (tmp_path / "results.csv").read_text().startswith("setup,n,failed,seeds")
+
+
+def test_missing_study_is_one_sentence(store: str) -> None:
+    with pytest.raises(report.ReportError, match="no MLflow experiment 'nothing'.*make sweep EXP=nothing"):
+        report.load_runs("nothing", store)
