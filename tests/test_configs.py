@@ -1,5 +1,7 @@
 """Every config group option, experiment and setup composes and instantiates into a working net."""
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from hydra.utils import instantiate
 
 from normlab.models import LeNet
 from normlab.norms import NORMS
-from normlab.train import CONF_DIR, group_options, unknown_choice
+from normlab.train import CONF_DIR, ConfigError, check_config, group_options, unknown_choice
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR.parent / "experiments").glob("*.yaml"))
 
@@ -80,3 +82,54 @@ def test_cli_rejects_unknown_norm_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "error: unknown norm kind 'bogus'; valid: native, none, scratch"
     ]
+
+
+BAD_INPUTS = [
+    ("data.batch_size=0", "data.batch_size=0 is not allowed; it must be an integer >= 1"),
+    ("data.eval_batch_size=-4", "data.eval_batch_size=-4 is not allowed"),
+    (
+        "data.train_subset=60001",
+        "data.train_subset=60001 is not allowed; it must be null or an integer in 1..60000",
+    ),
+    ("optimizer.lr=0", "optimizer.lr=0 is not allowed; it must be a number > 0"),
+    ("optimizer.lr=-1.0", "optimizer.lr=-1.0 is not allowed"),
+    (
+        "norm.momentum=1.5",
+        "norm.momentum=1.5 is not allowed; it must be null (cumulative average) or a number",
+    ),
+    ("norm.momentum=-0.1", "norm.momentum=-0.1 is not allowed"),
+    ("norm.eps=0", "norm.eps=0 is not allowed; it must be a number > 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed; it must be an integer >= 1"),
+    ("seed=1.5", "seed=1.5 is not allowed; it must be an integer"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_INPUTS)
+def test_bad_values_are_rejected_with_key_and_allowed_values(
+    override: str, message: str, compose_config
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(compose_config([override]))
+
+
+def test_good_edge_values_pass(compose_config) -> None:
+    for overrides in (
+        ["norm.momentum=null"],
+        ["norm.momentum=1.0", "data.batch_size=1"],
+        ["data.train_subset=1"],
+    ):
+        check_config(compose_config(overrides))
+
+
+def test_cli_bad_value_is_one_line_and_records_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "normlab.train", "optimizer.lr=-1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: optimizer.lr=-1 is not allowed; it must be a number > 0"]
+    assert not (tmp_path / "mlflow.db").exists()

@@ -101,6 +101,11 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in NORMS:
+        raise ValueError(f"unknown norm kind {kind!r}; known kinds: {', '.join(sorted(NORMS))}")
+
+
 def build_norm(
     kind: str,
     num_features: int,
@@ -114,8 +119,7 @@ def build_norm(
     ``spatial=True`` for (N, C, H, W) inputs, ``False`` for (N, C). ``momentum`` follows torch's
     rule ``running = (1 - momentum) * running + momentum * batch`` (``None``: cumulative average).
     """
-    if kind not in NORMS:
-        raise ValueError(f"unknown norm kind {kind!r}; known kinds: {', '.join(sorted(NORMS))}")
+    _check_kind(kind)
     return NORMS[kind](num_features, spatial, momentum=momentum, eps=eps, **options)
 
 
@@ -123,6 +127,5 @@ def norm_factory(
     kind: str, momentum: float | None = 0.1, eps: float = 1e-5, **options: object
 ) -> NormFactory:
     """A ``(num_features, spatial) -> nn.Module`` constructor for models; checks ``kind`` now."""
-    if kind not in NORMS:
-        raise ValueError(f"unknown norm kind {kind!r}; known kinds: {', '.join(sorted(NORMS))}")
+    _check_kind(kind)
     return partial(build_norm, kind, momentum=momentum, eps=eps, **options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -15,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from normlab import data, tracking
 from normlab.data import DataError, IndexBatches
@@ -47,8 +48,48 @@ def unknown_choice(arguments: list[str]) -> str | None:
     return None
 
 
+class ConfigError(ValueError):
+    """A config value out of its range; the message names the key, the value and what is allowed."""
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# key -> (what is allowed, test). Checked before anything is loaded or recorded.
+RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "data.batch_size": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "data.eval_batch_size": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "data.train_subset": (
+        f"null or an integer in 1..{data.TRAIN_SIZE}",
+        lambda v: v is None or (_integer(v) and 1 <= v <= data.TRAIN_SIZE),
+    ),
+    "optimizer.lr": ("a number > 0", lambda v: _number(v) and v > 0),
+    "norm.momentum": (
+        "null (cumulative average) or a number in [0, 1]",
+        lambda v: v is None or (_number(v) and 0 <= v <= 1),
+    ),
+    "norm.eps": ("a number > 0", lambda v: _number(v) and v > 0),
+    "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "seed": ("an integer", _integer),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value is out of range, and what is allowed."""
+    for key, (allowed, ok) in RULES.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
+
+
 def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Train one run as configured, record it in MLflow, and return its final metrics."""
+    check_config(cfg)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset)
     net = instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
@@ -97,7 +138,7 @@ def main(cfg: DictConfig) -> float:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     try:
         metrics = fit(cfg, list(HydraConfig.get().overrides.task))
-    except (DataError, ValueError) as error:
+    except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return metrics.get("val/acc", float("nan"))
