@@ -131,5 +131,7 @@ def test_cli_bad_value_is_one_line_and_records_nothing(tmp_path: Path) -> None:
         env=env,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: optimizer.lr=-1 is not allowed; it must be a number > 0"]
+    assert result.stderr.strip().splitlines() == [
+        "error: optimizer.lr=-1 is not allowed; it must be a number > 0"
+    ]
     assert not (tmp_path / "mlflow.db").exists()
