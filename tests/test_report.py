@@ -65,3 +65,14 @@ def test_mean_sd_n_of_final_epoch_per_setup(store: str, tmp_path: Path) -> None:
 def test_missing_study_is_one_sentence(store: str) -> None:
     with pytest.raises(report.ReportError, match="no MLflow experiment 'nothing'.*make sweep EXP=nothing"):
         report.load_runs("nothing", store)
+
+
+def test_comparison_can_say_not_reproduced(store: str, tmp_path: Path) -> None:
+    _fill(store)
+    summary = report.summarize(report.load_runs("toy", store))
+    (line,) = report.comparison(summary)  # only "bn" has a published figure
+    # ours 0.833 ± 0.031 vs 0.807: inside 2 sd
+    assert "val/acc" in line and line.endswith("**reproduced**")
+    summary.loc[summary["setup"] == "bn", "val/acc d2l"] = 0.70
+    (line,) = report.comparison(summary)
+    assert line.endswith("**not reproduced**") and "diff +0.133" in line

@@ -100,6 +100,22 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def comparison(summary: pd.DataFrame) -> list[str]:
+    """For each published figure: ours - d2l, and whether d2l's single run lies within mean ± 2 sd of ours."""
+    lines = []
+    for row in summary.to_dict("records"):
+        for metric in METRICS:
+            mean, sd, published = row[f"{metric} mean"], row[f"{metric} sd"], row[f"{metric} d2l"]
+            if math.isnan(published) or math.isnan(mean) or math.isnan(sd):
+                continue
+            verdict = "reproduced" if abs(mean - published) <= 2 * sd else "not reproduced"
+            lines.append(
+                f"- {row['setup']}, {metric}: ours {mean:.3f} ± {sd:.3f} (n={row['n']}), "
+                f"d2l {published:.3f}, diff {mean - published:+.3f}, 2 sd = {2 * sd:.3f} → **{verdict}**"
+            )
+    return lines
+
+
 def curves(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
     """Per-epoch history (setup, seed, metric, epoch, value) of the finished runs."""
     client = MlflowClient(tracking_uri(uri))
@@ -163,6 +179,7 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
     out_dir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out_dir / "results.csv", index=False)
     history = curves(runs, uri)
+    compared = comparison(summary)
     sections = [
         header(study, runs),
         "",
@@ -172,6 +189,16 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
         "",
         markdown_table(summary),
     ]
+    if compared:
+        sections += [
+            "",
+            "## Against d2l's published figures",
+            "",
+            "Computed from the table: a figure is *reproduced* when d2l's single run lies within our mean "
+            "± 2 sd over seeds (d2l's test accuracy is our `val/acc`).",
+            "",
+            *compared,
+        ]
     if not history.empty:
         plot_convergence(history, out_dir / "convergence.png")
         sections += ["", "![accuracy per epoch, mean ± sd over seeds](convergence.png)"]
