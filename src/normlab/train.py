@@ -90,6 +90,10 @@ def check_config(cfg: DictConfig) -> None:
 def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Train one run as configured, record it in MLflow, and return its final metrics."""
     check_config(cfg)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
+    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset)
     net = instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
@@ -132,10 +136,6 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
-    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     try:
         metrics = fit(cfg, list(HydraConfig.get().overrides.task))
     except (DataError, ConfigError) as error:
