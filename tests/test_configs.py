@@ -67,6 +67,7 @@ def test_d2l_study_is_the_issue_design(compose_config) -> None:
 def test_unknown_choice_sentence() -> None:
     assert unknown_choice(["norm=scratch", "seed=1"]) is None
     assert unknown_choice(["-m", "norm=none,scratch"]) is None
+    assert unknown_choice(["-m", "norm=glob(*)"]) is None
     assert (
         unknown_choice(["norm=scratch,bogus"])
         == "error: unknown norm kind 'bogus'; valid: native, none, scratch"

@@ -31,6 +31,7 @@ METRICS = {
     "val/acc": "reference.test_acc",
 }
 CURVE_METRICS = ("train/acc", "val/acc")
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
 class ReportError(RuntimeError):
@@ -132,9 +133,11 @@ def plot_convergence(history: pd.DataFrame, path: Path) -> None:
     """Mean accuracy per epoch for each setup, with a band of ± 1 sd over seeds."""
     fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(11, 4), sharey=True)
     for axis, metric in zip(axes, CURVE_METRICS, strict=True):
-        for setup, group in history[history["metric"] == metric].groupby("setup"):
+        for index, (setup, group) in enumerate(history[history["metric"] == metric].groupby("setup")):
             stats = group.groupby("epoch")["value"].agg(["mean", "std"]).fillna(0.0)
-            axis.plot(stats.index, stats["mean"], marker="o", markersize=3, label=setup)
+            # Line styles differ too, so that setups with identical curves stay visible.
+            style = LINE_STYLES[index % len(LINE_STYLES)]
+            axis.plot(stats.index, stats["mean"], style, marker="o", markersize=3, label=setup)
             axis.fill_between(
                 stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2
             )

@@ -38,12 +38,12 @@ def unknown_choice(arguments: list[str]) -> str | None:
     """
     for argument in arguments:
         key, _, value = argument.lstrip("+~").partition("=")
-        if key not in GROUPS or not value:
+        if key not in GROUPS or not value or "(" in value:  # glob(...), choice(...): Hydra expands them
             continue
         known = group_options(key)
         for option in value.split(","):  # a sweep lists several
             if option not in known and option != "null":
-                noun = "norm kind" if key == "norm" else f"{key}"
+                noun = "norm kind" if key == "norm" else key
                 return f"error: unknown {noun} {option!r}; valid: {', '.join(known)}"
     return None
 
