@@ -1,11 +1,14 @@
 """Tables from a store whose runs we wrote ourselves, so every number in them is known."""
 
+import math
 import statistics
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from normlab import report
 
@@ -37,7 +40,10 @@ def _fill(store: str) -> None:
             params = [Param("reference.test_acc", "0.807")] if setup == "bn" else []
             client.log_batch(run.info.run_id, metrics=metrics, params=params)
             client.set_terminated(run.info.run_id, "FINISHED")
-    failed = client.create_run(experiment, tags={"setup": "plain", "seed": "9", "git_commit": "a" * 40})
+    failed = client.create_run(
+        experiment,
+        tags={"setup": "plain", "seed": "9", "git_commit": "a" * 40, "failure": "ValueError: boom"},
+    )
     client.log_batch(failed.info.run_id, metrics=[Metric("val/acc", 0.1, 0, 1)])
     client.set_terminated(failed.info.run_id, "FAILED")
 
@@ -55,11 +61,27 @@ def test_mean_sd_n_of_final_epoch_per_setup(store: str, tmp_path: Path) -> None:
     assert summary.loc["bn", "val/acc d2l"] == pytest.approx(0.807)
 
     results = (tmp_path / "RESULTS.md").read_text()
-    assert "| bn | 3 | 0.167 ± 0.031 | – | 0.883 ± 0.031 | – | 0.833 ± 0.031 | 0.807 |" in results
-    assert "| plain | 2 (+1 failed) |" in results
+    bn = FINAL_VAL_ACC["bn"]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(bn) / math.sqrt(3)
+    ci = f"[{statistics.mean(bn) - half:.3f}, {statistics.mean(bn) + half:.3f}]"
+    assert f"| bn | 3 | 0.167 ± 0.031 | 0.883 ± 0.031 | 0.833 ± 0.031 | 0.807 | {ci} |  |" in results
+    assert "| plain | 2 |" in results and "| 1 failed: ValueError: boom |" in results
     assert "machine: testbox" in results and "commit: aaaaaaaaaa" in results
     assert "make table EXP=toy" in results
-    assert (tmp_path / "results.csv").read_text().startswith("setup,n,failed,seeds")
+    csv = pd.read_csv(tmp_path / "results.csv").set_index("setup")
+    assert csv.loc["bn", "val/acc ci95"] == pytest.approx(half)
+    assert csv.loc["plain", "failure"] == "ValueError: boom"
+
+
+def test_summary_run_carries_the_report_and_is_replaced(store: str, tmp_path: Path) -> None:
+    _fill(store)
+    report.write("toy", store, out_dir=tmp_path)
+    report.write("toy", store, out_dir=tmp_path)  # a second table replaces the first summary run
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("toy").experiment_id
+    (summary,) = client.search_runs([experiment], filter_string="tags.kind = 'summary'")
+    assert {a.path for a in client.list_artifacts(summary.info.run_id)} >= {"RESULTS.md", "results.csv"}
+    assert len(report.load_runs("toy", store)) == 6  # the summary run is not a training run
 
 
 def test_missing_study_is_one_sentence(store: str) -> None:

@@ -152,9 +152,13 @@ class IndexBatches:
 
     Shuffling uses its own generator seeded with ``seed + epoch`` (epoch = number of passes so
     far), so the order depends only on the seed and the epoch, not on what else drew numbers.
+    ``drop_single_tail`` drops a last batch of one sample when ``batch_size > 1``: batch norm cannot
+    normalize one value per channel (torch raises), and one sample of an epoch changes nothing.
     """
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(
+        self, split: Split, batch_size: int, shuffle: bool, seed: int = 0, drop_single_tail: bool = False
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.split = split
@@ -162,15 +166,21 @@ class IndexBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        n = len(split.labels)
+        single_tail = drop_single_tail and batch_size > 1 and n % batch_size == 1
+        self.size = n - 1 if single_tail else n
 
     def __len__(self) -> int:
-        return -(-len(self.split.labels) // self.batch_size)
+        return -(-self.size // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.split.labels)
+        n = self.size
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=generator).to(self.split.labels.device)
+            # Over all samples, then cut: a dropped single tail is a random sample, not always the last.
+            order = torch.randperm(len(self.split.labels), generator=generator)[:n].to(
+                self.split.labels.device
+            )
         self.epoch += 1
         for start in range(0, n, self.batch_size):
             if self.shuffle:

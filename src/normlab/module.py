@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -12,6 +13,10 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class Diverged(ArithmeticError):
+    """The training loss became NaN or infinite."""
 
 
 class Classifier(pl.LightningModule):
@@ -85,6 +90,8 @@ class Classifier(pl.LightningModule):
             if n:
                 metrics[f"{stage}/loss"] = loss_sum / n
                 metrics[f"{stage}/acc"] = correct / n
+        if not math.isfinite(metrics.get("train/loss", 0.0)):
+            raise Diverged(f"diverged at epoch {self.current_epoch + 1} (train loss {metrics['train/loss']})")
         if self.trainer.state.fn == TrainerFn.FITTING:
             metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
             metrics["time/epoch_s"] = self._train_seconds

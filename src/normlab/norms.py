@@ -74,6 +74,12 @@ class BatchNorm(nn.Module):
         return x_hat * self.weight.view(shape) + self.bias.view(shape)
 
     @torch.no_grad()
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, values_per_channel: int) -> None:
         self.num_batches_tracked += 1
         m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum

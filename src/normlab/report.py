@@ -1,37 +1,38 @@
-"""A study's results table and convergence plot, built from its MLflow runs alone.
+"""A study's results table, plots and findings, built from its MLflow runs alone.
 
 ``python -m normlab.report <study>`` (``make table EXP=<study>``) writes
-``experiments/<study>/RESULTS.md``, ``results.csv`` and ``convergence.png``.
+``experiments/<study>/RESULTS.md``, ``results.csv`` and PNG plots, and logs them as artifacts of
+the study's ``summary`` run in MLflow.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import math
 import sys
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.table import Table
+from scipy import stats
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from normlab import findings, plots
+from normlab.tracking import PROJECT_ROOT, tracking_uri
 
-from normlab.tracking import PROJECT_ROOT, tracking_uri  # noqa: E402
-
-# Final-epoch metrics summarized per setup, and the published figure each is compared with.
-METRICS = {
+METRICS = ("train/loss", "train/acc", "val/acc", "val/acc_precise", "val/acc_batchstats")
+# Published figures (logged with a setup's config) and the metric each is compared with.
+REFERENCES = {
     "train/loss": "reference.loss",
     "train/acc": "reference.train_acc",
     "val/acc": "reference.test_acc",
 }
-CURVE_METRICS = ("train/acc", "val/acc")
-LINE_STYLES = ("-", "--", ":", "-.")
+# Tags a study may sweep: tables are ordered by them and plotted against them.
+SWEPT = ("batch_size", "momentum", "lr")
+# Worse than guessing uniformly (ln 10) by a wide margin: the run blew up even if no NaN appeared.
+DIVERGED_LOSS = 2 * math.log(10)
 
 
 class ReportError(RuntimeError):
@@ -39,41 +40,79 @@ class ReportError(RuntimeError):
 
 
 def load_runs(study: str, uri: str | None = None) -> pd.DataFrame:
-    """One row per run of the study: status, tags, params and last-epoch metrics."""
+    """One row per training run of the study: status, tags, params and last-epoch metrics."""
     mlflow.set_tracking_uri(tracking_uri(uri))
     if MlflowClient().get_experiment_by_name(study) is None:
         raise ReportError(
             f"no MLflow experiment {study!r} in {tracking_uri(uri)}; run: make sweep EXP={study}"
         )
     runs = mlflow.search_runs(experiment_names=[study], output_format="pandas")
+    if "tags.kind" in runs:
+        runs = runs[runs["tags.kind"] != "summary"]
     if runs.empty:
         raise ReportError(f"experiment {study!r} has no runs yet; run: make sweep EXP={study}")
-    return runs
+    return runs.reset_index(drop=True)
 
 
 def _column(runs: pd.DataFrame, name: str) -> pd.Series:
     return runs[name] if name in runs else pd.Series(float("nan"), index=runs.index)
 
 
+def _number(text: object) -> float:
+    """A tag as a number for sorting and plotting; ``None`` (cumulative momentum) -> inf."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def _stats(values: pd.Series) -> tuple[float, float, float]:
+    """Mean, sd and the half-width of the 95% confidence interval of the mean (Student's t)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    if n == 1:
+        return float(values.iloc[0]), math.nan, math.nan
+    sd = float(values.std(ddof=1))
+    return float(values.mean()), sd, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per setup: n finished runs, failed runs, mean and sd over seeds, and the published figure."""
+    """Per setup: sweep values, n finished, failures with reasons, and statistics over seeds."""
     rows = []
-    for setup, group in runs.groupby("tags.setup", sort=True):
+    for setup, group in runs.groupby("tags.setup", sort=False):
         finished = group[group["status"] == "FINISHED"]
+        failed = group[group["status"] == "FAILED"]
+        final_loss = pd.to_numeric(_column(finished, "metrics.train/loss"), errors="coerce")
         row: dict[str, object] = {
             "setup": setup,
+            "norm": _column(group, "tags.norm").iloc[0],
+            **{key: _number(_column(group, f"tags.{key}").iloc[0]) for key in SWEPT},
+            "effective_lr": pd.to_numeric(_column(finished, "metrics.lr"), errors="coerce").mean(),
             "n": len(finished),
-            "failed": int((group["status"] == "FAILED").sum()),
+            "failed": len(failed),
+            "diverged": int((final_loss > DIVERGED_LOSS).sum())
+            + int(_column(failed, "tags.failure").astype(str).str.startswith("Diverged").sum()),
+            "failure": "; ".join(sorted(set(_column(failed, "tags.failure").dropna().astype(str)))),
             "seeds": ",".join(sorted(finished["tags.seed"].astype(str), key=int)),
         }
-        for metric, reference in METRICS.items():
+        for metric in METRICS:
             values = pd.to_numeric(_column(finished, f"metrics.{metric}"), errors="coerce").dropna()
-            row[f"{metric} mean"] = values.mean() if len(values) else float("nan")
-            row[f"{metric} sd"] = values.std(ddof=1) if len(values) > 1 else float("nan")
-            published = pd.to_numeric(_column(group, f"params.{reference}"), errors="coerce").dropna()
-            row[f"{metric} d2l"] = published.iloc[0] if len(published) else float("nan")
+            row[f"{metric} mean"], row[f"{metric} sd"], row[f"{metric} ci95"] = _stats(values)
+            if metric in REFERENCES:
+                published = pd.to_numeric(
+                    _column(group, f"params.{REFERENCES[metric]}"), errors="coerce"
+                ).dropna()
+                row[f"{metric} d2l"] = published.iloc[0] if len(published) else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    summary = pd.DataFrame(rows)
+    labelled = (_column(runs, "params.label").astype(str) != "None").all()
+    order = ["setup"] if labelled else ["norm", *SWEPT, "setup"]
+    return summary.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def present_metrics(summary: pd.DataFrame) -> list[str]:
+    return [m for m in METRICS if summary[f"{m} mean"].notna().any()]
 
 
 def _cell(mean: float, sd: float) -> str:
@@ -82,22 +121,35 @@ def _cell(mean: float, sd: float) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
+def _ci(mean: float, half_width: float) -> str:
+    return "–" if math.isnan(half_width) else f"[{mean - half_width:.3f}, {mean + half_width:.3f}]"
+
+
 def _published(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.3f}"
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
-    """One row per setup; each metric is followed by d2l's published figure for it."""
-    head = ["setup", "n"] + [name for m in METRICS for name in (m, "d2l")]
+    """One row per setup: mean ± sd over seeds per metric, d2l's figure where published, the 95% CI
+    of val/acc, and why cells failed."""
+    metrics = present_metrics(summary)
+    with_reference = [m for m in metrics if m in REFERENCES and summary[f"{m} d2l"].notna().any()]
+    head = ["setup", "n"]
+    for metric in metrics:
+        head += [metric] + (["d2l"] if metric in with_reference else [])
+        head += ["val/acc 95% CI"] if metric == "val/acc" else []
+    head += ["notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary.to_dict("records"):
-        n = f"{row['n']}" + (f" (+{row['failed']} failed)" if row["failed"] else "")
-        cells = [
-            cell
-            for m in METRICS
-            for cell in (_cell(row[f"{m} mean"], row[f"{m} sd"]), _published(row[f"{m} d2l"]))
-        ]
-        lines.append("| " + " | ".join([row["setup"], n, *cells]) + " |")
+        cells = [row["setup"], str(row["n"])]
+        for metric in metrics:
+            cells.append(_cell(row[f"{metric} mean"], row[f"{metric} sd"]))
+            cells += [_published(row[f"{metric} d2l"])] if metric in with_reference else []
+            cells += [_ci(row[f"{metric} mean"], row[f"{metric} ci95"])] if metric == "val/acc" else []
+        notes = [f"{row['failed']} failed: {row['failure']}"] if row["failed"] else []
+        notes += [f"{row['diverged']} diverged"] if row["diverged"] else []
+        cells.append("; ".join(notes).replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -105,7 +157,7 @@ def comparison(summary: pd.DataFrame) -> list[str]:
     """For each published figure: ours - d2l, and whether d2l's single run lies within mean ± 2 sd of ours."""
     lines = []
     for row in summary.to_dict("records"):
-        for metric in METRICS:
+        for metric in REFERENCES:
             mean, sd, published = row[f"{metric} mean"], row[f"{metric} sd"], row[f"{metric} d2l"]
             if math.isnan(published) or math.isnan(mean) or math.isnan(sd):
                 continue
@@ -118,37 +170,25 @@ def comparison(summary: pd.DataFrame) -> list[str]:
 
 
 def curves(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
-    """Per-epoch history (setup, seed, metric, epoch, value) of the finished runs."""
+    """Per-epoch history (setup, run_id, metric, epoch, value) of the finished runs."""
     client = MlflowClient(tracking_uri(uri))
     rows = []
     finished = runs[runs["status"] == "FINISHED"]
     for run_id, setup in zip(finished["run_id"], finished["tags.setup"], strict=True):
-        for metric in CURVE_METRICS:
+        for metric in plots.CURVE_METRICS:
             for point in client.get_metric_history(run_id, metric):
                 rows.append((setup, run_id, metric, point.step, point.value))
     return pd.DataFrame(rows, columns=["setup", "run_id", "metric", "epoch", "value"])
 
 
-def plot_convergence(history: pd.DataFrame, path: Path) -> None:
-    """Mean accuracy per epoch for each setup, with a band of ± 1 sd over seeds."""
-    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(11, 4), sharey=True)
-    for axis, metric in zip(axes, CURVE_METRICS, strict=True):
-        for index, (setup, group) in enumerate(history[history["metric"] == metric].groupby("setup")):
-            stats = group.groupby("epoch")["value"].agg(["mean", "std"]).fillna(0.0)
-            # Line styles differ too, so that setups with identical curves stay visible.
-            style = LINE_STYLES[index % len(LINE_STYLES)]
-            axis.plot(stats.index, stats["mean"], style, marker="o", markersize=3, label=setup)
-            axis.fill_between(
-                stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2
-            )
-        axis.set_title(metric)
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (mean ± sd over seeds)")
-    axes[-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _training_profile(runs: pd.DataFrame) -> str:
+    parts = []
+    for key in ("data.train_subset", "trainer.max_epochs", "lr_scaling"):
+        values = sorted(set(_column(runs, f"params.{key}").dropna().astype(str)))
+        parts.append(f"{key}={'/'.join(values) or '?'}")
+    subset = set(_column(runs, "params.data.train_subset").astype(str))
+    note = "" if subset == {"None"} else " (a training subset: the CPU profile; `profile=full` uses all 60k)"
+    return ", ".join(parts) + note
 
 
 def header(study: str, runs: pd.DataFrame) -> str:
@@ -166,7 +206,9 @@ def header(study: str, runs: pd.DataFrame) -> str:
             f"Generated by `make table EXP={study}` from the MLflow runs of study `{study}` "
             f"(rerun the study itself with `make sweep EXP={study}`).",
             "",
-            f"- runs: {len(runs)}, from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC",
+            f"- runs: {len(runs)}, from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC "
+            f"({(last - first).total_seconds() / 60:.1f} min)",
+            f"- training: {_training_profile(runs)}",
             f"- machine: {'; '.join(machines) or 'unknown'}; device: {', '.join(devices) or 'unknown'}",
             f"- commit: {', '.join(commits)}",
             f"- table generated: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
@@ -174,24 +216,33 @@ def header(study: str, runs: pd.DataFrame) -> str:
     )
 
 
+TABLE_NOTE = (
+    "Final-epoch values, mean ± sd over seeds (n = finished runs; 95% CI of the mean by Student's t). "
+    "`train/*` are running averages over the last epoch in train mode; `val/acc` is on the 10k test "
+    "split in eval mode (moving statistics); `val/acc_precise` re-estimates BN statistics as a plain "
+    "average over training batches (PreciseBN); `val/acc_batchstats` normalizes each test batch (of the "
+    "training batch size) by its own statistics."
+)
+
+
 def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd.DataFrame:
-    """Write RESULTS.md, results.csv and convergence.png for ``study``; return the summary."""
+    """Write RESULTS.md, results.csv and plots for ``study`` and log them to its summary run."""
     runs = load_runs(study, uri)
     summary = summarize(runs)
     out_dir = out_dir or PROJECT_ROOT / "experiments" / study
     out_dir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out_dir / "results.csv", index=False)
     history = curves(runs, uri)
+    sections = [header(study, runs), "", TABLE_NOTE, "", markdown_table(summary)]
+
+    figures = plots.draw_all(summary, history, out_dir, present_metrics(summary))
+    sections += [f"\n![{title}]({path.name})" for title, path in figures]
+
+    found = findings.evaluate(summary, history)
+    if found:
+        sections += ["", "## Findings", "", "Verdicts computed from the numbers above.", ""]
+        sections += [f"- **{f.name}** — {f.claim}: {f.evidence} → **{f.verdict}**" for f in found]
     compared = comparison(summary)
-    sections = [
-        header(study, runs),
-        "",
-        "Final-epoch values, mean ± sd over seeds (n = finished runs). `train/*` are running averages "
-        "over the last epoch in train mode; `val/acc` is on the 10k test split in eval mode (moving "
-        "statistics). d2l's figures are single runs.",
-        "",
-        markdown_table(summary),
-    ]
     if compared:
         sections += [
             "",
@@ -202,40 +253,51 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
             "",
             *compared,
         ]
-    if not history.empty:
-        plot_convergence(history, out_dir / "convergence.png")
-        sections += ["", "![accuracy per epoch, mean ± sd over seeds](convergence.png)"]
     (out_dir / "RESULTS.md").write_text("\n".join(sections) + "\n")
+    log_summary_run(study, uri, [out_dir / "RESULTS.md", out_dir / "results.csv", *(p for _, p in figures)])
     return summary
 
 
+def log_summary_run(study: str, uri: str | None, paths: list[Path]) -> None:
+    """Replace the study's ``summary`` run with one carrying the latest table and plots."""
+    client = MlflowClient(tracking_uri(uri))
+    experiment = client.get_experiment_by_name(study)
+    for old in client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'summary'"):
+        client.delete_run(old.info.run_id)
+    run = client.create_run(experiment.experiment_id, run_name=f"{study}-summary", tags={"kind": "summary"})
+    for path in paths:
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
 def print_summary(summary: pd.DataFrame, console: Console) -> None:
-    table = Table(title="mean ± sd over seeds (d2l's published figure)")
-    for name in ("setup", "n", *METRICS):
+    table = Table(title="mean ± sd over seeds")
+    metrics = [m for m in present_metrics(summary) if m.startswith("val/")]
+    for name in ("setup", "n", *metrics, "notes"):
         table.add_column(name)
     for row in summary.to_dict("records"):
-        cells = [
-            f"{_cell(row[f'{m} mean'], row[f'{m} sd'])} ({_published(row[f'{m} d2l'])})" for m in METRICS
-        ]
-        table.add_row(row["setup"], str(row["n"]), *cells)
+        cells = [_cell(row[f"{m} mean"], row[f"{m} sd"]) for m in metrics]
+        notes = f"{row['failed']} failed" if row["failed"] else ""
+        table.add_row(row["setup"], str(row["n"]), *cells, notes)
     console.print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study")
-    parser.add_argument(
-        "--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or the project's store"
-    )
-    args = parser.parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print(
+            "usage: python -m normlab.report <study>   (MLFLOW_TRACKING_URI selects the store)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     console = Console()
     try:
-        summary = write(args.study, args.tracking_uri)
+        summary = write(args[0])
     except ReportError as error:
         console.print(f"error: {error}")
         sys.exit(2)
     print_summary(summary, console)
-    console.print(f"wrote {PROJECT_ROOT / 'experiments' / args.study / 'RESULTS.md'}")
+    console.print(f"wrote {PROJECT_ROOT / 'experiments' / args[0] / 'RESULTS.md'}")
 
 
 if __name__ == "__main__":

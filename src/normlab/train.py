@@ -15,16 +15,18 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from normlab import data, tracking
 from normlab.data import DataError, IndexBatches
+from normlab.evalmodes import EvalModes
 from normlab.module import Classifier
 from normlab.progress import EpochProgress
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("data", "model", "norm", "optimizer", "trainer", "setup", "experiment")
+GROUPS = ("data", "model", "norm", "optimizer", "trainer", "setup", "experiment", "profile")
 
 
 def group_options(group: str) -> list[str]:
@@ -75,6 +77,8 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     ),
     "norm.eps": ("a number > 0", lambda v: _number(v) and v > 0),
     "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
+    "eval.precise_batches": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "seed": ("an integer", _integer),
 }
 
@@ -87,6 +91,23 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
 
 
+class RunFailed(RuntimeError):
+    """Training raised; the run is recorded as FAILED with a ``failure`` tag saying why."""
+
+
+# Our EpochProgress replaces Lightning's per-step bar; no checkpoints or summaries in the hot path.
+QUIET_TRAINER = dict(
+    enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0
+)
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    """``optimizer.lr``, scaled by batch_size / 256 when ``lr_scaling=linear`` (lr is the batch-256 rate)."""
+    if cfg.lr_scaling == "linear":
+        return cfg.optimizer.lr * cfg.data.batch_size / 256
+    return cfg.optimizer.lr
+
+
 def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Train one run as configured, record it in MLflow, and return its final metrics."""
     check_config(cfg)
@@ -97,39 +118,43 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset)
     net = instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
-    module = Classifier(net, optimizer=instantiate(cfg.optimizer))
+    module = Classifier(net, optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)))
 
     name = tracking.run_name(cfg)
     client, run_id = tracking.start_run(cfg, overrides, device="pending")
     logger = tracking.EpochMLFlowLogger(
         experiment_name=cfg.study, tracking_uri=tracking.tracking_uri(cfg.tracking.uri), run_id=run_id
     )
-    trainer = pl.Trainer(
-        **cfg.trainer,
-        logger=logger,
-        callbacks=[EpochProgress(name)],
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = pl.Trainer(**cfg.trainer, logger=logger, **QUIET_TRAINER)
     device = trainer.strategy.root_device
     client.set_tag(run_id, "device", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
-    train_batches = IndexBatches(
-        data.Split(train_split.images.to(device), train_split.labels.to(device)),
-        cfg.data.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-    )
-    test_batches = IndexBatches(
-        data.Split(test_split.images.to(device), test_split.labels.to(device)),
-        cfg.data.eval_batch_size,
-        shuffle=False,
-    )
+    train_split = data.Split(train_split.images.to(device), train_split.labels.to(device))
+    test_split = data.Split(test_split.images.to(device), test_split.labels.to(device))
+    batch_size = cfg.data.batch_size
+    trainer.callbacks += [
+        EpochProgress(name),
+        # Batches as large as the training ones, for the evaluations that use batch statistics.
+        EvalModes(
+            IndexBatches(train_split, batch_size, shuffle=True, seed=cfg.seed),
+            IndexBatches(test_split, batch_size, shuffle=False),
+            precise_batches=cfg.eval.precise_batches,
+        ),
+    ]
     try:
-        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=test_batches)
-    except BaseException:
+        trainer.fit(
+            module,
+            train_dataloaders=IndexBatches(
+                train_split, batch_size, shuffle=True, seed=cfg.seed, drop_single_tail=True
+            ),
+            val_dataloaders=IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False),
+        )
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        client.set_tag(run_id, "failure", f"{type(error).__name__}: {reason}"[:400])
         client.set_terminated(run_id, "FAILED")
+        raise RunFailed(f"run {name} failed: {reason}") from error
+    except BaseException:  # interrupted: the run did not finish
+        client.set_terminated(run_id, "KILLED")
         raise
     return {key: float(value) for key, value in trainer.callback_metrics.items()}
 
@@ -141,6 +166,11 @@ def main(cfg: DictConfig) -> float:
     except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return float("nan")  # recorded as FAILED; the sweep goes on to the next cell
+        raise SystemExit(1) from None
     return metrics.get("val/acc", float("nan"))
 
 

@@ -1,0 +1,183 @@
+"""Verdicts on the claims users come to check, computed from a study's summary and curves.
+
+Each check returns None when the study lacks the cells it needs, else a Finding whose verdict is
+"reproduced", "not reproduced" or "not measurable" (with the reason), always with the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+BN_NORMS = ("scratch", "native")
+CHANCE = 0.1
+NEAR_CHANCE = CHANCE + 0.1  # "learns nothing": below this on 10 balanced classes
+LEARNED = 0.5  # a run "trains" at a learning rate when its mean test accuracy exceeds this
+MARGIN = 0.01  # one accuracy point
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    claim: str
+    evidence: str
+    verdict: str
+
+
+def _fmt(mean: float, sd: float, n: int) -> str:
+    return f"{mean:.3f}" + ("" if math.isnan(sd) else f" ± {sd:.3f}") + f" (n={n})"
+
+
+def converges_faster(summary: pd.DataFrame, history: pd.DataFrame) -> Finding | None:
+    """F1: epoch-1 test accuracy of BN vs no norm, at the same batch size and learning rate."""
+    if history.empty:
+        return None
+    epoch1 = history[(history["metric"] == "val/acc") & (history["epoch"] == 1)]
+    cells = epoch1.merge(summary[["setup", "norm", "batch_size", "lr"]], on="setup")
+    shared = [
+        key
+        for key, group in cells.groupby(["batch_size", "lr"])
+        if "none" in set(group["norm"]) and set(group["norm"]) & set(BN_NORMS)
+    ]
+    if not shared:
+        return None
+    batch, lr = min(shared, key=lambda key: (abs(math.log(key[1])), -key[0]))  # lr nearest 1, largest batch
+    group = cells[(cells["batch_size"] == batch) & (cells["lr"] == lr)]
+    per_norm = group.groupby("norm")["value"].agg(["mean", "std", "count"])
+    none = per_norm.loc["none"]
+    parts, faster = [], []
+    for norm in [n for n in BN_NORMS if n in per_norm.index]:
+        bn = per_norm.loc[norm]
+        se = math.sqrt(
+            ((bn["std"] ** 2) / bn["count"] if bn["count"] > 1 else 0)
+            + ((none["std"] ** 2) / none["count"] if none["count"] > 1 else 0)
+        )
+        faster.append(bn["mean"] - none["mean"] > max(2 * se, MARGIN))
+        parts.append(f"{norm} {_fmt(bn['mean'], bn['std'], int(bn['count']))}")
+    evidence = (
+        f"epoch-1 test accuracy at batch {batch:g}, lr {lr:g}: {', '.join(parts)} vs none "
+        f"{_fmt(none['mean'], none['std'], int(none['count']))}"
+    )
+    verdict = "reproduced" if all(faster) else "not reproduced"
+    return Finding("F1", "BN converges faster", evidence, verdict)
+
+
+def _val(summary: pd.DataFrame, norm: str, batch: float) -> float:
+    cell = summary[(summary["norm"] == norm) & (summary["batch_size"] == batch)]
+    return float(cell["val/acc mean"].iloc[0]) if len(cell) else math.nan
+
+
+def batch_size_matters_more_with_bn(summary: pd.DataFrame) -> Finding | None:
+    """F2: drop in test accuracy from each norm's best batch size to batch 2 and 4, BN vs none."""
+    norms = set(summary["norm"])
+    if summary["batch_size"].nunique() < 4 or "none" not in norms or not norms & set(BN_NORMS):
+        return None
+    best = summary.groupby("norm")["val/acc mean"].max()
+    drops = {
+        norm: {b: best[norm] - _val(summary, norm, b) for b in (2, 4)}
+        for norm in ["none", *[n for n in BN_NORMS if n in norms]]
+    }
+    evidence = "; ".join(
+        f"{norm}: best {best[norm]:.3f}, drop to batch 2 {d[2]:+.3f}, to batch 4 {d[4]:+.3f}"
+        for norm, d in drops.items()
+    )
+    if best["none"] < NEAR_CHANCE:
+        return Finding(
+            "F2",
+            "batch size matters more with BN",
+            evidence + f" — the no-norm baseline never left chance "
+            f"(best {best['none']:.3f}) in this budget, so there is no drop to compare with",
+            "not measurable",
+        )
+    more = all(drops[norm][b] > drops["none"][b] + MARGIN for norm in drops if norm != "none" for b in (2, 4))
+    return Finding(
+        "F2", "batch size matters more with BN", evidence, "reproduced" if more else "not reproduced"
+    )
+
+
+def batch_one_learns_nothing(summary: pd.DataFrame) -> Finding | None:
+    """F3: BN at batch size 1 (FC layers see one value per channel) stays near chance."""
+    cells = summary[(summary["batch_size"] == 1) & summary["norm"].isin(BN_NORMS)]
+    if cells.empty:
+        return None
+    parts, near_chance = [], []
+    for row in cells.to_dict("records"):
+        if row["n"] == 0:
+            parts.append(f"{row['norm']}: no finished run ({row['failure'] or 'failed'})")
+            continue
+        modes = {m: row[f"{m} mean"] for m in ("val/acc", "val/acc_precise", "val/acc_batchstats")}
+        shown = {m: v for m, v in modes.items() if not math.isnan(v)}
+        near_chance.append(all(v < NEAR_CHANCE for v in shown.values()))
+        parts.append(f"{row['norm']}: " + ", ".join(f"{m} {v:.3f}" for m, v in shown.items()))
+    evidence = "; ".join(parts)
+    if not near_chance:
+        return Finding("F3", "batch size 1 with BN in FC layers learns nothing", evidence, "not measurable")
+    verdict = "reproduced" if all(near_chance) else "not reproduced"
+    return Finding(
+        "F3", f"batch size 1 with BN in FC layers learns nothing (< {NEAR_CHANCE:.2f})", evidence, verdict
+    )
+
+
+def precise_bn_narrows_spread(summary: pd.DataFrame) -> Finding | None:
+    """F4: at lr 1.0, moving-statistics test accuracy varies across seeds; PreciseBN narrows it."""
+    cells = summary[
+        summary["norm"].isin(BN_NORMS)
+        & ((summary["effective_lr"] - 1.0).abs() < 1e-9)
+        & (summary["n"] >= 2)
+        & summary["val/acc_precise sd"].notna()
+    ]
+    if cells.empty:
+        return None
+    ema, precise = cells["val/acc sd"].mean(), cells["val/acc_precise sd"].mean()
+    ratio = precise / ema if ema > 0 else math.nan
+    evidence = (
+        f"over {len(cells)} BN cells at lr 1.0: mean sd over seeds {ema:.4f} with moving statistics, "
+        f"{precise:.4f} with PreciseBN (ratio {ratio:.2f})"
+    )
+    if ema < MARGIN:
+        return Finding(
+            "F4",
+            "moving-statistics accuracy varies across seeds; PreciseBN narrows it",
+            evidence + "; the spread itself is under one point",
+            "not reproduced",
+        )
+    verdict = "reproduced" if ratio < 1 else "not reproduced"
+    return Finding(
+        "F4", "moving-statistics accuracy varies across seeds; PreciseBN narrows it", evidence, verdict
+    )
+
+
+def bn_allows_higher_lr(summary: pd.DataFrame) -> Finding | None:
+    """F5 (d2l's exercise): the highest lr at which each norm still trains (mean test acc > 0.5)."""
+    if summary["lr"].nunique() < 3 or "none" not in set(summary["norm"]):
+        return None
+    highest = {}
+    for norm, group in summary.groupby("norm"):
+        trained = group[group["val/acc mean"] > LEARNED]
+        highest[norm] = float(trained["lr"].max()) if len(trained) else math.nan
+    evidence = ", ".join(f"{norm}: {'none' if math.isnan(v) else f'{v:g}'}" for norm, v in highest.items())
+    bn = [v for n, v in highest.items() if n in BN_NORMS]
+    if not bn:
+        return None
+    none = highest["none"]
+    verdict = (
+        "reproduced"
+        if all(not math.isnan(v) and (math.isnan(none) or v > none) for v in bn)
+        else "not reproduced"
+    )
+    return Finding(
+        "F5", f"BN trains at higher learning rates (highest lr with test acc > {LEARNED})", evidence, verdict
+    )
+
+
+def evaluate(summary: pd.DataFrame, history: pd.DataFrame) -> list[Finding]:
+    checks = [
+        converges_faster(summary, history),
+        batch_size_matters_more_with_bn(summary),
+        batch_one_learns_nothing(summary),
+        precise_bn_narrows_spread(summary),
+        bn_allows_higher_lr(summary),
+    ]
+    return [finding for finding in checks if finding is not None]

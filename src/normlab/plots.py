@@ -1,0 +1,118 @@
+"""PNG plots of a study: accuracy per epoch, and accuracy against whatever the study sweeps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+CURVE_METRICS = ("train/acc", "val/acc")
+LINE_STYLES = ("-", "--", ":", "-.")
+# Evaluation modes drawn against a swept value, each in its own line style.
+MODES = {"val/acc": "-", "val/acc_precise": "--", "val/acc_batchstats": ":"}
+LOG_AXES = {"batch_size": 2, "lr": 10}
+CHANCE = 0.1
+MAX_CURVES = 8
+
+
+def _pick_setups(summary: pd.DataFrame, swept: str | None) -> list[str]:
+    """All setups when few; else per norm the smallest, a middle and the largest swept value."""
+    if len(summary) <= MAX_CURVES or swept is None:
+        return list(summary["setup"])[:MAX_CURVES]
+    picked = []
+    for _, group in summary.groupby("norm"):
+        values = sorted(group[swept].unique())
+        for value in {values[0], values[len(values) // 2], values[-1]}:
+            picked += list(group.loc[group[swept] == value, "setup"])
+    return picked
+
+
+def plot_convergence(history: pd.DataFrame, setups: list[str], path: Path) -> None:
+    """Mean accuracy per epoch for each setup, with a band of ± 1 sd over seeds."""
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(11, 4.2), sharey=True)
+    for axis, metric in zip(axes, CURVE_METRICS, strict=True):
+        for index, setup in enumerate(setups):
+            group = history[(history["metric"] == metric) & (history["setup"] == setup)]
+            if group.empty:
+                continue
+            stats = group.groupby("epoch")["value"].agg(["mean", "std"]).fillna(0.0)
+            # Line styles differ too, so that setups with identical curves stay visible.
+            style = LINE_STYLES[index % len(LINE_STYLES)]
+            axis.plot(stats.index, stats["mean"], style, marker="o", markersize=3, label=setup)
+            axis.fill_between(
+                stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2
+            )
+        axis.axhline(CHANCE, color="grey", linewidth=0.8, linestyle=":")
+        axis.set_title(metric)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (mean ± sd over seeds)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_against(summary: pd.DataFrame, swept: str, metrics: list[str], path: Path) -> None:
+    """Accuracy against the swept value, one colour per norm, one line style per evaluation mode."""
+    fig, axis = plt.subplots(figsize=(8, 4.8))
+    finite = sorted(v for v in summary[swept].unique() if math.isfinite(v))
+    has_inf = any(math.isinf(v) for v in summary[swept].unique())
+    # A categorical axis for momentum (its None = cumulative average has no place on a number line).
+    positions = {v: i for i, v in enumerate(finite + ([math.inf] if has_inf else []))}
+    categorical = swept not in LOG_AXES
+    for color, (norm, group) in zip(
+        plt.rcParams["axes.prop_cycle"].by_key()["color"], summary.groupby("norm"), strict=False
+    ):
+        group = group.sort_values(swept)
+        x = group[swept].map(positions) if categorical else group[swept]
+        for metric in metrics:
+            mean, sd = group[f"{metric} mean"], group[f"{metric} sd"].fillna(0.0)
+            if mean.isna().all():
+                continue
+            axis.plot(x, mean, MODES[metric], color=color, marker="o", markersize=3, label=f"{norm} {metric}")
+            axis.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.12)
+    if categorical:
+        axis.set_xticks(
+            list(positions.values()), [("None" if math.isinf(v) else f"{v:g}") for v in positions]
+        )
+    else:
+        axis.set_xscale("log", base=LOG_AXES[swept])
+    axis.axhline(CHANCE, color="grey", linewidth=0.8, linestyle=":", label="chance")
+    axis.set_xlabel(swept.replace("_", " "))
+    axis.set_ylabel("test accuracy (mean ± sd over seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def swept_parameter(summary: pd.DataFrame) -> str | None:
+    """The tag the study varies over at least three values, if any."""
+    for key in ("batch_size", "momentum", "lr"):
+        if summary[key].nunique() >= 3:
+            return key
+    return None
+
+
+def draw_all(
+    summary: pd.DataFrame, history: pd.DataFrame, out_dir: Path, metrics: list[str]
+) -> list[tuple[str, Path]]:
+    """Draw the study's plots into ``out_dir``; return (title, path) of each."""
+    figures = []
+    swept = swept_parameter(summary)
+    if swept:
+        path = out_dir / f"accuracy_vs_{swept}.png"
+        plot_against(summary, swept, [m for m in MODES if m in metrics], path)
+        figures.append((f"test accuracy vs {swept}", path))
+    if not history.empty:
+        path = out_dir / "convergence.png"
+        plot_convergence(history, _pick_setups(summary, swept), path)
+        figures.append(("accuracy per epoch, mean ± sd over seeds", path))
+    return figures
