@@ -109,3 +109,15 @@ def test_unshuffled_batches_keep_order() -> None:
     assert torch.cat([y for _, y in batches]).tolist() == list(range(7))
     with pytest.raises(ValueError, match="batch size must be at least 1"):
         IndexBatches(_split(7), batch_size=0, shuffle=False)
+
+
+def test_single_sample_tail_is_dropped_only_when_asked() -> None:
+    kept = IndexBatches(_split(9), batch_size=4, shuffle=True, seed=0)
+    assert [len(y) for _, y in kept] == [4, 4, 1]
+    dropped = IndexBatches(_split(9), batch_size=4, shuffle=True, seed=0, drop_single_tail=True)
+    assert len(dropped) == 2 and [len(y) for _, y in dropped] == [4, 4]
+    # the dropped sample is a random one, not always the last
+    left_out = {(set(range(9)) - set(torch.cat([y for _, y in dropped]).tolist())).pop() for _ in range(10)}
+    assert len(left_out) > 1
+    single = IndexBatches(_split(3), batch_size=1, shuffle=False, drop_single_tail=True)
+    assert len(single) == 3  # batch size 1 is all single batches: nothing dropped

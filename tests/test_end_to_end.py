@@ -10,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from normlab import report, tracking
-from normlab.train import fit
+from normlab.train import RunFailed, effective_lr, fit
 from tests.conftest import QUICK
 
 pytestmark = pytest.mark.slow
@@ -46,6 +46,9 @@ def test_one_run_records_params_tags_epoch_metrics_and_artifacts(compose_config,
         history = client.get_metric_history(run.info.run_id, metric)
         assert [point.step for point in history] == [1, 2], metric  # step = epoch number
     assert run.data.metrics["val/acc"] == pytest.approx(final["val/acc"])
+    for mode in ("val/acc_precise", "val/acc_batchstats"):  # BN runs: after training, at the last epoch
+        assert [p.step for p in client.get_metric_history(run.info.run_id, mode)] == [2]
+        assert 0.0 <= final[mode] <= 1.0
     assert 0.0 <= final["train/acc"] <= 1.0 and final["lr"] == 1.0
     # 2048 images, 2 epochs of a BN-LeNet: well above chance (0.1) on the 10k test images.
     assert final["val/acc"] > 0.3
@@ -87,3 +90,55 @@ def test_study_sweep_from_the_command_line_then_its_table(tmp_path: Path, store:
     results = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "0.899" in results and "0.779" in results  # d2l's published figures beside ours
     assert (tmp_path / "out" / "convergence.png").stat().st_size > 10_000
+
+
+def test_batch_one_native_bn_fails_recorded_scratch_runs(compose_config, store: str) -> None:
+    """Native BN raises at batch 1 in FC layers: a FAILED run with its reason; scratch BN trains."""
+    overrides = ["data.batch_size=1", "data.train_subset=64", "trainer.max_epochs=1", f"tracking.uri={store}"]
+    with pytest.raises(RunFailed, match="Expected more than 1 value per channel"):
+        fit(compose_config(["norm=native", *overrides]), [])
+    final = fit(compose_config(["norm=scratch", *overrides, "eval.precise_batches=16"]), [])
+    assert 0.0 <= final["val/acc_batchstats"] <= 1.0
+
+    client = MlflowClient(store)
+    runs = {
+        r.data.tags["norm"]: r
+        for r in client.search_runs([client.get_experiment_by_name("adhoc").experiment_id])
+    }
+    assert runs["native"].info.status == "FAILED"
+    assert (
+        runs["native"].data.tags["failure"].startswith("ValueError: Expected more than 1 value per channel")
+    )
+    assert runs["scratch"].info.status == "FINISHED"
+
+
+def test_linear_lr_scaling(compose_config, store: str) -> None:
+    cfg = compose_config(
+        ["lr_scaling=linear", "optimizer.lr=1.0", "data.batch_size=64", *QUICK[:1], f"tracking.uri={store}"]
+    )
+    assert effective_lr(cfg) == 0.25
+    assert effective_lr(compose_config(["optimizer.lr=1.0", "data.batch_size=64"])) == 1.0
+
+
+@pytest.mark.parametrize("study", ["batch_size", "momentum", "lr"])
+def test_each_sensitivity_study_runs_one_cell(study: str, compose_config, store: str) -> None:
+    cell = {
+        "batch_size": ["data.batch_size=8", "norm=scratch"],
+        "momentum": ["norm.momentum=null", "norm=native"],
+        "lr": ["optimizer.lr=3", "norm=native"],
+    }[study]
+    cfg = compose_config(
+        [
+            f"experiment={study}",
+            *cell,
+            "data.train_subset=256",
+            "trainer.max_epochs=1",
+            "eval.precise_batches=4",
+            f"tracking.uri={store}",
+        ]
+    )
+    final = fit(cfg, [])
+    assert {"val/acc", "val/acc_precise", "val/acc_batchstats"} <= set(final)
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name(study).experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["study"] == study
