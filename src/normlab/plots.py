@@ -10,11 +10,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CURVE_METRICS = ("train/acc", "val/acc")
 LINE_STYLES = ("-", "--", ":", "-.")
-# Evaluation modes drawn against a swept value, each in its own line style.
-MODES = {"val/acc": "-", "val/acc_precise": "--", "val/acc_batchstats": ":"}
+# Evaluation modes drawn against a swept value, each in its own line style and marker.
+MODES = {"val/acc": ("-", "o"), "val/acc_precise": ("--", "s"), "val/acc_batchstats": (":", "^")}
 LOG_AXES = {"batch_size": 2, "lr": 10}
 CHANCE = 0.1
 MAX_CURVES = 8
@@ -43,13 +44,14 @@ def plot_convergence(history: pd.DataFrame, setups: list[str], path: Path) -> No
             stats = group.groupby("epoch")["value"].agg(["mean", "std"]).fillna(0.0)
             # Line styles differ too, so that setups with identical curves stay visible.
             style = LINE_STYLES[index % len(LINE_STYLES)]
-            axis.plot(stats.index, stats["mean"], style, marker="o", markersize=3, label=setup)
+            axis.plot(stats.index, stats["mean"], linestyle=style, marker="o", markersize=3, label=setup)
             axis.fill_between(
                 stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2
             )
         axis.axhline(CHANCE, color="grey", linewidth=0.8, linestyle=":")
         axis.set_title(metric)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (mean ± sd over seeds)")
     axes[-1].legend(fontsize=7, loc="lower right")
@@ -66,16 +68,28 @@ def plot_against(summary: pd.DataFrame, swept: str, metrics: list[str], path: Pa
     # A categorical axis for momentum (its None = cumulative average has no place on a number line).
     positions = {v: i for i, v in enumerate(finite + ([math.inf] if has_inf else []))}
     categorical = swept not in LOG_AXES
-    for color, (norm, group) in zip(
-        plt.rcParams["axes.prop_cycle"].by_key()["color"], summary.groupby("norm"), strict=False
-    ):
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (norm, group) in enumerate(summary.groupby("norm")):
+        color = colors[index % len(colors)]
+        # Earlier norms drawn wider, so a norm whose curve equals another's still shows beneath it.
+        width = max(3.5 - index, 1.0)
         group = group.sort_values(swept)
         x = group[swept].map(positions) if categorical else group[swept]
         for metric in metrics:
             mean, sd = group[f"{metric} mean"], group[f"{metric} sd"].fillna(0.0)
             if mean.isna().all():
                 continue
-            axis.plot(x, mean, MODES[metric], color=color, marker="o", markersize=3, label=f"{norm} {metric}")
+            style, marker = MODES[metric]
+            axis.plot(
+                x,
+                mean,
+                linestyle=style,
+                marker=marker,
+                color=color,
+                linewidth=width,
+                markersize=4,
+                label=f"{norm} {metric}",
+            )
             axis.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.12)
     if categorical:
         axis.set_xticks(
