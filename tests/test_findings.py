@@ -132,6 +132,7 @@ def test_f5_learning_rate_range() -> None:
 
     assert findings.bn_allows_higher_lr(cells((0.6, 0.7, 0.1), (0.7, 0.8, 0.8))).verdict == "reproduced"
     assert findings.bn_allows_higher_lr(cells((0.6, 0.7, 0.7), (0.7, 0.8, 0.8))).verdict == "not reproduced"
+    assert findings.bn_allows_higher_lr(cells((0.1, 0.1, 0.1), (0.7, 0.8, 0.8))).verdict == "not measurable"
 
 
 def test_missing_cells_give_no_finding() -> None:

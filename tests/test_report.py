@@ -98,3 +98,9 @@ def test_comparison_can_say_not_reproduced(store: str, tmp_path: Path) -> None:
     summary.loc[summary["setup"] == "bn", "val/acc d2l"] = 0.70
     (line,) = report.comparison(summary)
     assert line.endswith("**not reproduced**") and "diff +0.133" in line
+
+
+def test_confidence_interval_is_clipped_to_accuracy_range() -> None:
+    assert report._ci(0.331, 0.43) == "[0.000, 0.761]"
+    assert report._ci(0.95, 0.1) == "[0.850, 1.000]"
+    assert report._ci(0.5, math.nan) == "–"

@@ -161,15 +161,13 @@ def bn_allows_higher_lr(summary: pd.DataFrame) -> Finding | None:
     bn = [v for n, v in highest.items() if n in BN_NORMS]
     if not bn:
         return None
+    claim = f"BN trains at higher learning rates (highest lr with test acc > {LEARNED})"
     none = highest["none"]
-    verdict = (
-        "reproduced"
-        if all(not math.isnan(v) and (math.isnan(none) or v > none) for v in bn)
-        else "not reproduced"
-    )
-    return Finding(
-        "F5", f"BN trains at higher learning rates (highest lr with test acc > {LEARNED})", evidence, verdict
-    )
+    if math.isnan(none):
+        reason = " — without norm no learning rate trained in this budget, so there is no range to compare"
+        return Finding("F5", claim, evidence + reason, "not measurable")
+    verdict = "reproduced" if all(not math.isnan(v) and v > none for v in bn) else "not reproduced"
+    return Finding("F5", claim, evidence, verdict)
 
 
 def evaluate(summary: pd.DataFrame, history: pd.DataFrame) -> list[Finding]:

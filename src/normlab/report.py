@@ -122,7 +122,10 @@ def _cell(mean: float, sd: float) -> str:
 
 
 def _ci(mean: float, half_width: float) -> str:
-    return "–" if math.isnan(half_width) else f"[{mean - half_width:.3f}, {mean + half_width:.3f}]"
+    """The 95% CI of a mean accuracy, clipped to [0, 1] where t's interval (n = 3) runs past them."""
+    if math.isnan(half_width):
+        return "–"
+    return f"[{max(mean - half_width, 0.0):.3f}, {min(mean + half_width, 1.0):.3f}]"
 
 
 def _published(value: float) -> str:
