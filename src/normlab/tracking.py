@@ -32,6 +32,12 @@ def experiment_id(client: MlflowClient, study: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(study)
 
 
+def prepare_store(cfg: DictConfig) -> None:
+    """Create the store and the study's experiment once, before parallel jobs start: first-time
+    SQLite migrations run by several processes at once race each other."""
+    experiment_id(MlflowClient(tracking_uri(cfg.tracking.uri)), cfg.study)
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``: the resolved config as MLflow params."""
     flat: dict[str, str] = {}

@@ -1,0 +1,228 @@
+"""A Hydra launcher that runs a sweep's cells concurrently on a pool of device slots.
+
+Each slot is one long-lived worker process, started with ``CUDA_VISIBLE_DEVICES`` and the torch
+thread count set in its environment *before* it imports torch, so pinning works (joblib's loky
+workers are created before the launcher can pin them). Workers take the next cell from one shared
+queue when they are free: a GPU never holds more than ``jobs_per_gpu`` cells while another sits idle
+(a pool of slots, not ``job_num % G``). Without GPUs: ``cpu_jobs`` workers x ``threads`` <= cores.
+
+Select it with ``hydra/launcher=pool`` (the default of ``make sweep``).
+"""
+
+# No `from __future__ import annotations`: Hydra imports plugins in a way that breaks dataclasses with it,
+# and OmegaConf needs Optional[...] (not X | None) in structured configs.
+import inspect
+import logging
+import multiprocessing as mp
+import os
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import cloudpickle
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolLauncherConf:
+    _target_: str = "hydra_plugins.normlab_pool.pool_launcher.PoolLauncher"
+    jobs_per_gpu: int = 4  # LeNet uses a sliver of a GPU; several cells share one
+    cpu_jobs: Optional[int] = None  # without GPUs; null = cores // threads_per_job  # noqa: UP045
+    threads_per_job: Optional[int] = None  # torch threads per cell; null = cores // jobs  # noqa: UP045
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="pool", node=PoolLauncherConf, provider="normlab")
+
+
+@dataclass(frozen=True)
+class Slot:
+    gpu: str | None  # a CUDA device index, or None for the CPU
+    threads: int
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices this process may use, without initializing CUDA in the launcher."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu for gpu in listed.split(",") if gpu.strip() and gpu.strip() != "-1"]
+    import torch  # the launcher process only counts devices
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def plan_slots(
+    gpus: Sequence[str],
+    jobs_per_gpu: int,
+    cores: int,
+    cpu_jobs: int | None = None,
+    threads: int | None = None,
+) -> list[Slot]:
+    """One slot per concurrent cell: ``jobs_per_gpu`` per GPU, or CPU slots with jobs x threads <= cores."""
+    if gpus:
+        count = len(gpus) * jobs_per_gpu
+        per_job = threads or max(1, cores // count)
+        return [Slot(gpu, per_job) for _ in range(jobs_per_gpu) for gpu in gpus]
+    per_job = threads or (max(1, cores // cpu_jobs) if cpu_jobs else 1)
+    count = cpu_jobs or max(1, cores // per_job)
+    return [Slot(None, per_job) for _ in range(count)]
+
+
+def _worker(slot: Slot, state: bytes, jobs: Any, results: Any) -> None:
+    """A slot's process: its environment was pinned by the parent; run cells until told to stop."""
+    import importlib
+
+    import torch
+
+    task, context, singleton = cloudpickle.loads(state)
+    torch.set_num_threads(slot.threads)
+    Singleton.set_state(singleton)
+    setup_globals()
+    module, name = task
+    task_function = inspect.unwrap(getattr(importlib.import_module(module), name))
+    while (job := jobs.get()) is not None:
+        idx, overrides, config = job
+        results.put((idx, "started", os.getpid()))
+        ret = run_job(
+            hydra_context=context,
+            task_function=task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        if ret.status == JobStatus.COMPLETED:
+            results.put((idx, "done", ret.return_value))
+        else:
+            results.put((idx, "failed", f"{type(ret._return_value).__name__}: {ret._return_value}"))
+
+
+class PoolLauncher(Launcher):
+    def __init__(
+        self, jobs_per_gpu: int = 4, cpu_jobs: int | None = None, threads_per_job: int | None = None
+    ):
+        self.jobs_per_gpu = jobs_per_gpu
+        self.cpu_jobs = cpu_jobs
+        self.threads_per_job = threads_per_job
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        slots = plan_slots(
+            visible_gpus(), self.jobs_per_gpu, os.cpu_count() or 1, self.cpu_jobs, self.threads_per_job
+        )
+        slots = slots[: len(job_overrides)]
+        prepare = self.config.get("prepare_store")  # e.g. create the tracking store once, before any job
+        if prepare:
+            _resolve(prepare)(self.config)
+
+        context = mp.get_context("spawn")
+        jobs, results = context.Queue(), context.Queue()
+        cells: dict[int, list[str]] = {}
+        for offset, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + offset
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(config):
+                config.hydra.job.id = idx
+                config.hydra.job.num = idx
+            cells[idx] = list(overrides)
+            jobs.put((idx, list(overrides), config))
+        for _ in slots:
+            jobs.put(None)
+
+        task = (self.task_function.__module__, self.task_function.__name__)
+        # cloudpickle, as Hydra's joblib launcher does: Hydra's state holds OmegaConf resolver closures.
+        state = cloudpickle.dumps((task, self.hydra_context, Singleton.get_state()))
+        shared = (state, jobs, results)
+        workers = [self._start(context, slot, shared) for slot in slots]
+        where = ", ".join(f"{'gpu ' + s.gpu if s.gpu else 'cpu'} x{s.threads} threads" for s in slots)
+        log.info(f"Launching {len(cells)} cells on {len(slots)} slots ({where})")
+        outcomes = _collect(cells, results, workers)
+        return [
+            JobReturn(overrides=cells[idx], status=status, _return_value=value)
+            for idx, (status, value) in sorted(outcomes.items())
+        ]
+
+    @staticmethod
+    def _start(context: Any, slot: Slot, shared: tuple[Any, ...]) -> Any:
+        # A spawned child copies the parent's environment at start(): pin it there, then restore.
+        pinned = {"OMP_NUM_THREADS": str(slot.threads), "MKL_NUM_THREADS": str(slot.threads)}
+        if slot.gpu is not None:
+            pinned["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        saved = {key: os.environ.get(key) for key in pinned}
+        os.environ.update(pinned)
+        try:
+            process = context.Process(target=_worker, args=(slot, *shared))
+            process.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        return process
+
+
+def _resolve(path: str) -> Callable[[DictConfig], None]:
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _collect(
+    cells: dict[int, list[str]], results: Any, workers: list[Any]
+) -> dict[int, tuple[JobStatus, Any]]:
+    """Wait for every cell, printing progress; cells lost with a dead worker count as failed."""
+    outcomes: dict[int, tuple[JobStatus, Any]] = {}
+    running: dict[int, int] = {}  # cell -> worker pid
+    started = time.perf_counter()
+    while len(outcomes) < len(cells):
+        try:
+            idx, kind, value = results.get(timeout=2.0)
+        except queue.Empty:
+            alive = {w.pid for w in workers if w.is_alive()}
+            for idx, pid in list(running.items()):
+                if pid not in alive:  # its worker died mid-cell (killed, out of memory, segfault)
+                    outcomes[idx] = (
+                        JobStatus.FAILED,
+                        RuntimeError(f"worker {pid} died while running cell {idx}"),
+                    )
+                    del running[idx]
+            if not alive and len(outcomes) < len(cells):
+                for idx in cells.keys() - outcomes.keys():
+                    outcomes[idx] = (JobStatus.FAILED, RuntimeError("no worker left to run this cell"))
+            continue
+        if kind == "started":
+            running[idx] = value
+            continue
+        running.pop(idx, None)
+        outcomes[idx] = (
+            (JobStatus.COMPLETED, value) if kind == "done" else (JobStatus.FAILED, RuntimeError(value))
+        )
+        failed = sum(status == JobStatus.FAILED for status, _ in outcomes.values())
+        elapsed = time.perf_counter() - started
+        eta = elapsed / len(outcomes) * (len(cells) - len(outcomes))
+        line = " ".join(filter_overrides(cells[idx]))
+        log.info(
+            f"[sweep] {len(outcomes)}/{len(cells)} done ({failed} failed), {len(running)} running, "
+            f"{elapsed:.0f} s elapsed, eta {eta:.0f} s — finished #{idx}: {line}"
+        )
+    for worker in workers:
+        worker.join(timeout=10)
+    return outcomes
