@@ -115,6 +115,8 @@ def start_run(cfg: DictConfig, overrides: list[str], device: str) -> tuple[Mlflo
         "config_fingerprint": fingerprint(cfg),
         "device": device,
         "machine": machine(),
+        # Which GPU a parallel sweep pinned this run to ("" = all visible / CPU).
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
     run = client.create_run(experiment_id(client, cfg.study), run_name=run_name(cfg), tags=tags)
     run_id = run.info.run_id
