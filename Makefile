@@ -7,7 +7,7 @@ EXP ?= d2l_bn_lenet
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data sweep table test test-full lint ui clean
+.PHONY: help venv data sweep table test lint ui server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -40,6 +40,11 @@ lint: venv ## ruff check
 ui: venv ## the MLflow UI over the project's store on 127.0.0.1 (PORT, default 5000)
 	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}"
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $${PORT:-5000}
+
+server: venv ## an MLflow tracking server over the project's store on 127.0.0.1 (PORT, default 5001; HOST to expose)
+	@echo "tracking server: http://$${HOST:-127.0.0.1}:$${PORT:-5001}  (export MLFLOW_TRACKING_URI=that URL)"
+	$(VENV)/bin/mlflow server --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+		--artifacts-destination "$(CURDIR)/mlartifacts" --host $${HOST:-127.0.0.1} --port $${PORT:-5001}
 
 clean: ## remove Hydra outputs (keeps .venv and mlflow.db)
 	rm -rf outputs multirun .pytest_cache
