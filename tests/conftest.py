@@ -1,5 +1,8 @@
 """Shared fixtures: the real config, composed and shrunk for a quick CPU run into a temporary store."""
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,3 +27,17 @@ def compose_config() -> Callable[[list[str]], DictConfig]:
             return compose(config_name="config", overrides=overrides)
 
     return _compose
+
+
+def run_sweep(arguments: list[str], store: str, workdir: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python -m normlab.train -m ...`` as a user runs it, into ``store``, outputs under ``workdir``."""
+    command = [
+        sys.executable,
+        "-m",
+        "normlab.train",
+        "-m",
+        *arguments,
+        f"hydra.sweep.dir={workdir / 'multirun'}",
+    ]
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": store, **env}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=workdir)

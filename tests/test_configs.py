@@ -12,13 +12,13 @@ from hydra.utils import instantiate
 
 from normlab.models import LeNet
 from normlab.norms import NORMS
-from normlab.train import CONF_DIR, ConfigError, check_config, group_options, unknown_choice
+from normlab.train import CONF_DIR, ConfigError, build_net, check_config, group_options, unknown_choice
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR.parent / "experiments").glob("*.yaml"))
 
 
 def _build(cfg) -> torch.nn.Module:
-    net = instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
+    net = build_net(cfg)
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
     assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)

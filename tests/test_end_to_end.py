@@ -1,8 +1,5 @@
 """A short real run on a Fashion-MNIST subset into a temporary MLflow store, then a tiny sweep."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from normlab import report, tracking
 from normlab.train import RunFailed, effective_lr, fit
-from tests.conftest import QUICK
+from tests.conftest import QUICK, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -68,19 +65,8 @@ def test_fingerprint_ignores_where_results_go(compose_config) -> None:
 
 def test_study_sweep_from_the_command_line_then_its_table(tmp_path: Path, store: str) -> None:
     """The CLI contract: -m over the d2l study's four setups (shrunk), then the table from MLflow."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    command = [
-        sys.executable,
-        "-m",
-        "normlab.train",
-        "-m",
-        "experiment=d2l_bn_lenet",
-        "seed=0",
-        "data.train_subset=256",
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    arguments = ["experiment=d2l_bn_lenet", "seed=0", "data.train_subset=256", "trainer.max_epochs=1"]
+    result = run_sweep(arguments, store, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("epoch 1/1") == 4  # the per-epoch progress line, one per run
 

@@ -1,15 +1,13 @@
 """The pool launcher: slot planning, and a real sweep over fake GPUs that never overbooks one."""
 
 import itertools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from hydra_plugins.normlab_pool.pool_launcher import plan_slots, visible_gpus
+from tests.conftest import run_sweep
 
 
 def test_gpu_slots_are_a_pool_of_jobs_per_gpu() -> None:
@@ -45,12 +43,7 @@ def test_sweep_over_two_fake_gpus_pins_each_run_and_never_overbooks(tmp_path: Pa
     """CUDA_VISIBLE_DEVICES=0,1 on a CPU machine: two slots pinned to "0" and "1" (training falls back
     to the CPU); 4 cells; runs on the same GPU must not overlap in time (jobs_per_gpu=1)."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "CUDA_VISIBLE_DEVICES": "0,1"}
-    command = [
-        sys.executable,
-        "-m",
-        "normlab.train",
-        "-m",
+    arguments = [
         "hydra/launcher=pool",
         "hydra.launcher.jobs_per_gpu=1",
         "study=pool_test",
@@ -60,9 +53,8 @@ def test_sweep_over_two_fake_gpus_pins_each_run_and_never_overbooks(tmp_path: Pa
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
         "eval.precise_batches=2",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = run_sweep(arguments, store, tmp_path, CUDA_VISIBLE_DEVICES="0,1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[sweep] 4/4 done (0 failed)" in result.stdout + result.stderr
 

@@ -36,11 +36,12 @@ class Classifier(pl.LightningModule):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
-        # [sum of loss * n, correct, n] for the running epoch, per stage
+        # [sum of loss * n, correct] on the device, and n on the host, for the running epoch per stage
         self._sums = {
-            "train": torch.zeros(3, dtype=torch.float64),
-            "val": torch.zeros(3, dtype=torch.float64),
+            "train": torch.zeros(2, dtype=torch.float64),
+            "val": torch.zeros(2, dtype=torch.float64),
         }
+        self._counts = {"train": 0, "val": 0}
         self._train_started = 0.0
         self._train_seconds = 0.0
 
@@ -56,8 +57,8 @@ class Classifier(pl.LightningModule):
         loss = F.cross_entropy(logits, labels)
         with torch.no_grad():
             correct = (logits.argmax(dim=1) == labels).sum()
-            n = torch.tensor(labels.numel(), device=loss.device)
-            self._sums[stage] += torch.stack([loss.detach() * n, correct, n]).to(torch.float64)
+            self._sums[stage] += torch.stack([loss.detach() * labels.numel(), correct]).to(torch.float64)
+        self._counts[stage] += labels.numel()
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -67,7 +68,8 @@ class Classifier(pl.LightningModule):
         self._step(batch, "val")
 
     def _reset(self, stage: str) -> None:
-        self._sums[stage] = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._sums[stage] = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._counts[stage] = 0
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -86,7 +88,8 @@ class Classifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         metrics = {}
         for stage in ("train", "val"):
-            loss_sum, correct, n = self._sums[stage].tolist()
+            loss_sum, correct = self._sums[stage].tolist()
+            n = self._counts[stage]
             if n:
                 metrics[f"{stage}/loss"] = loss_sum / n
                 metrics[f"{stage}/acc"] = correct / n
@@ -95,5 +98,5 @@ class Classifier(pl.LightningModule):
         if self.trainer.state.fn == TrainerFn.FITTING:
             metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
             metrics["time/epoch_s"] = self._train_seconds
-            metrics["perf/samples_per_s"] = self._sums["train"][2].item() / max(self._train_seconds, 1e-9)
+            metrics["perf/samples_per_s"] = self._counts["train"] / max(self._train_seconds, 1e-9)
         self.log_dict(metrics, on_step=False, on_epoch=True)

@@ -108,6 +108,11 @@ def effective_lr(cfg: DictConfig) -> float:
     return cfg.optimizer.lr
 
 
+def build_net(cfg: DictConfig) -> torch.nn.Module:
+    """The configured model with the configured norm (``model.name`` labels runs; it is no argument)."""
+    return instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
+
+
 def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Train one run as configured, record it in MLflow, and return its final metrics."""
     check_config(cfg)
@@ -117,8 +122,7 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset)
-    net = instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
-    module = Classifier(net, optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)))
+    module = Classifier(build_net(cfg), optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)))
 
     name = tracking.run_name(cfg)
     client, run_id = tracking.start_run(cfg, overrides, device="pending")
