@@ -126,3 +126,15 @@ def test_registry_and_errors() -> None:
         build_norm("bogus", 3, True)
     with pytest.raises(ValueError, match="expects 4-D input"):
         build_norm("scratch", 3, True)(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (5, 4), (3, 2, 4, 4), (8, 3, 2, 5)], ids=str)
+def test_hand_written_gradient_passes_gradcheck(shape: tuple[int, ...]) -> None:
+    """The closed-form backward against finite differences, independently of torch's BN layers."""
+    torch.manual_seed(0)
+    layer = BatchNorm(shape[1], spatial=len(shape) == 4).double().train()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-1, 1)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: layer(x), (x, layer.weight, layer.bias))

@@ -8,11 +8,59 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 NormFactory = Callable[[int, bool], nn.Module]
+
+
+class _NormalizeBatch(torch.autograd.Function):
+    """Training-mode BN: y = (x - mean) / sqrt(var + eps) * weight + bias over ``dims``, with its gradient.
+
+    Forward is d2l's formula (two passes: mean, then the mean of squared deviations; ``torch.var``
+    over (N, H, W) is ~10x slower on CPU). Backward is the BN paper's closed form (Ioffe & Szegedy
+    2015, section 3), in per-channel sums::
+
+        dx = weight / sqrt(var + eps) * (dy - mean(dy) - x_hat * mean(dy * x_hat))
+
+    Autograd's chain through mean and var allocates a dozen full-size temporaries; this one, four,
+    which makes the scratch layer ~2x faster (``make bench`` reports the step time against native).
+    Also returns the batch mean and biased variance for the running statistics (no gradient).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...], eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
+        mean = x.mean(dim=dims, keepdim=True)
+        centered = x - mean
+        var = (centered * centered).mean(dim=dims, keepdim=True)
+        invstd = torch.rsqrt(var + eps)
+        x_hat = centered.mul_(invstd)
+        ctx.save_for_backward(x_hat, invstd, weight)
+        ctx.dims = dims
+        mean, var = mean.view(-1), var.view(-1)
+        ctx.mark_non_differentiable(mean, var)
+        return (x_hat * weight.view(shape)).add_(bias.view(shape)), mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, dy: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
+        x_hat, invstd, weight = ctx.saved_tensors
+        shape = invstd.shape
+        values_per_channel = dy.numel() // weight.numel()
+        dbias = dy.sum(dim=ctx.dims)
+        dweight = (dy * x_hat).sum(dim=ctx.dims)
+        scale = weight.view(shape) * invstd
+        dx = (dy * scale).sub_(scale * (dbias / values_per_channel).view(shape))
+        dx.addcmul_(x_hat, scale * (dweight / values_per_channel).view(shape), value=-1.0)
+        return dx, dweight, dbias, None, None
 
 
 class BatchNorm(nn.Module):
@@ -65,12 +113,10 @@ class BatchNorm(nn.Module):
         shape = (1, -1, 1, 1) if self.spatial else (1, -1)
         if self.training:
             dims = (0, 2, 3) if self.spatial else (0,)
-            mean = x.mean(dim=dims)
-            var = x.var(dim=dims, unbiased=False)
+            y, mean, var = _NormalizeBatch.apply(x, self.weight, self.bias, dims, self.eps)
             self._update_running_stats(mean, var, values_per_channel=x.numel() // self.num_features)
-        else:
-            mean, var = self.running_mean, self.running_var
-        x_hat = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+            return y
+        x_hat = (x - self.running_mean.view(shape)) * torch.rsqrt(self.running_var.view(shape) + self.eps)
         return x_hat * self.weight.view(shape) + self.bias.view(shape)
 
     @torch.no_grad()
