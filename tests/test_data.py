@@ -107,7 +107,7 @@ def test_shuffling_is_seeded() -> None:
 def test_unshuffled_batches_keep_order() -> None:
     batches = IndexBatches(_split(7), batch_size=3, shuffle=False)
     assert torch.cat([y for _, y in batches]).tolist() == list(range(7))
-    with pytest.raises(ValueError, match="batch size must be at least 1"):
+    with pytest.raises(ValueError, match="batch size and group must be at least 1"):
         IndexBatches(_split(7), batch_size=0, shuffle=False)
 
 
@@ -121,3 +121,14 @@ def test_single_sample_tail_is_dropped_only_when_asked() -> None:
     assert len(left_out) > 1
     single = IndexBatches(_split(3), batch_size=1, shuffle=False, drop_single_tail=True)
     assert len(single) == 3  # batch size 1 is all single batches: nothing dropped
+
+
+@pytest.mark.parametrize("group", [2, 3, 10])
+def test_grouped_batches_split_into_the_ungrouped_ones(group: int) -> None:
+    plain = IndexBatches(_split(25), batch_size=4, shuffle=True, seed=5, drop_single_tail=True)
+    grouped = IndexBatches(_split(25), batch_size=4, shuffle=True, seed=5, drop_single_tail=True, group=group)
+    assert len(grouped) == -(-6 // group)  # 24 samples (the single tail dropped): 6 batches
+    for _ in range(2):  # two epochs: the same order per epoch either way
+        expected = [y for _, y in plain]
+        split = [y for _, ys in grouped for y in ys.split(4)]
+        assert len(split) == len(expected) and all(map(torch.equal, split, expected))

@@ -147,9 +147,12 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
                 results[f"bs{batch_size}/{norm}/reference"] = theirs
                 results[f"bs{batch_size}/{norm}/ratio"] = ours / theirs
                 results[f"bs{batch_size}/{norm}/logging"] = max(logging_share)
+                share = 100 * max(logging_share)
                 say(f"bs{batch_size:<4} {norm:<8} platform {ours:9.0f}/s  reference {theirs:9.0f}/s  "
-                    f"ratio {ours / theirs:5.2f}  logging {100 * max(logging_share):.2f}% of fit time")  # fmt: skip
-            step_ratio = results[f"bs{batch_size}/native/platform"] / results[f"bs{batch_size}/scratch/platform"]
+                    f"ratio {ours / theirs:5.2f}  logging {share:.2f}% of fit time")  # fmt: skip
+            step_ratio = (
+                results[f"bs{batch_size}/native/platform"] / results[f"bs{batch_size}/scratch/platform"]
+            )
             results[f"bs{batch_size}/scratch_vs_native"] = step_ratio
             say(f"bs{batch_size:<4} scratch BN time per step = {step_ratio:.2f} x native")
         if sweep:

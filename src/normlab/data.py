@@ -160,27 +160,36 @@ class IndexBatches:
     far), so the order depends only on the seed and the epoch, not on what else drew numbers.
     ``drop_single_tail`` drops a last batch of one sample when ``batch_size > 1``: batch norm cannot
     normalize one value per channel (torch raises), and one sample of an epoch changes nothing.
+    ``group`` > 1 yields ``group`` consecutive batches at a time, concatenated (one gather instead of
+    ``group``); the consumer splits them by ``batch_size`` and gets exactly the ungrouped batches.
     """
 
     def __init__(
-        self, split: Split, batch_size: int, shuffle: bool, seed: int = 0, drop_single_tail: bool = False
+        self,
+        split: Split,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_single_tail: bool = False,
+        group: int = 1,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if batch_size < 1 or group < 1:
+            raise ValueError(f"batch size and group must be at least 1, got {batch_size} and {group}")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.group = group
         self.epoch = 0
         n = len(split.labels)
         single_tail = drop_single_tail and batch_size > 1 and n % batch_size == 1
         self.size = n - 1 if single_tail else n
 
     def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
+        return -(-self.size // (self.batch_size * self.group))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.size
+        n, step = self.size, self.batch_size * self.group
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             # Over all samples, then cut: a dropped single tail is a random sample, not always the last.
@@ -188,12 +197,9 @@ class IndexBatches:
                 self.split.labels.device
             )
         self.epoch += 1
-        for start in range(0, n, self.batch_size):
+        for start in range(0, n, step):
             if self.shuffle:
-                index = order[start : start + self.batch_size]
+                index = order[start : start + step]
                 yield self.split.images[index], self.split.labels[index]
             else:
-                yield (
-                    self.split.images[start : start + self.batch_size],
-                    self.split.labels[start : start + self.batch_size],
-                )
+                yield self.split.images[start : start + step], self.split.labels[start : start + step]

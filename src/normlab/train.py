@@ -66,6 +66,7 @@ def _number(value: object) -> bool:
 RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "data.batch_size": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "data.eval_batch_size": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "data.samples_per_call": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "data.train_subset": (
         f"null or an integer in 1..{data.TRAIN_SIZE}",
         lambda v: v is None or (_integer(v) and 1 <= v <= data.TRAIN_SIZE),
@@ -122,7 +123,11 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset)
-    module = Classifier(build_net(cfg), optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)))
+    module = Classifier(
+        build_net(cfg),
+        optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)),
+        batch_size=cfg.data.batch_size,
+    )
 
     name = tracking.run_name(cfg)
     client, run_id = tracking.start_run(cfg, overrides, device="pending")
@@ -148,7 +153,12 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         trainer.fit(
             module,
             train_dataloaders=IndexBatches(
-                train_split, batch_size, shuffle=True, seed=cfg.seed, drop_single_tail=True
+                train_split,
+                batch_size,
+                shuffle=True,
+                seed=cfg.seed,
+                drop_single_tail=True,
+                group=max(1, cfg.data.samples_per_call // batch_size),
             ),
             val_dataloaders=IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False),
         )

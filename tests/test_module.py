@@ -1,0 +1,48 @@
+"""The Lightning module's training path: grouped SGD steps are exactly the ungrouped ones."""
+
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from normlab.data import IndexBatches, Split
+from normlab.models import LeNet
+from normlab.module import Classifier
+from normlab.norms import norm_factory
+from normlab.train import QUIET_TRAINER
+
+
+def _train(group: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    split = Split(
+        torch.rand(101, 1, 28, 28, generator=generator), torch.randint(0, 10, (101,), generator=generator)
+    )
+    torch.manual_seed(0)
+    module = Classifier(
+        LeNet(norm_factory("scratch")), partial(torch.optim.SGD, lr=0.5), batch_size=batch_size
+    )
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
+    batches = IndexBatches(split, batch_size, shuffle=True, seed=0, drop_single_tail=True, group=group)
+    trainer.fit(module, train_dataloaders=batches, val_dataloaders=IndexBatches(split, 50, shuffle=False))
+    metrics = {
+        key: torch.as_tensor(trainer.callback_metrics[key]) for key in ("train/loss", "train/acc", "val/acc")
+    }
+    return {**module.net.state_dict(), **metrics}
+
+
+def test_grouped_steps_equal_single_steps() -> None:
+    single, grouped = _train(group=1), _train(group=5)
+    assert single.keys() == grouped.keys() and "train/loss" in single
+    for key in single:
+        torch.testing.assert_close(grouped[key], single[key], rtol=0, atol=0, msg=key)
+
+
+def test_mixed_precision_is_refused() -> None:
+    module = Classifier(LeNet(norm_factory("none")), partial(torch.optim.SGD, lr=0.1), batch_size=4)
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", precision="bf16-mixed", logger=False, **QUIET_TRAINER
+    )
+    split = Split(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    with pytest.raises(ValueError, match="float32 on one device"):
+        trainer.fit(module, train_dataloaders=IndexBatches(split, 4, shuffle=False))
