@@ -7,7 +7,7 @@ EXP ?= d2l_bn_lenet
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data sweep table test lint ui server clean
+.PHONY: help venv data sweep table test lint bench ui server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -33,6 +33,9 @@ table: venv ## rebuild experiments/EXP/RESULTS.md (+ CSV) from MLflow alone
 
 test: venv data lint ## ruff, then the test suite (under 10 minutes on 2 cores)
 	$(PY) -m pytest -q
+
+bench: venv data ## speed: platform vs a plain PyTorch loop, scratch vs native BN, logging share, 1 vs N jobs (~3 min)
+	$(PY) -m normlab.bench $(ARGS)
 
 lint: venv ## ruff check
 	$(VENV)/bin/ruff check .

@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 import torch
+from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
@@ -36,6 +37,14 @@ def prepare_store(cfg: DictConfig) -> None:
     """Create the store and the study's experiment once, before parallel jobs start: first-time
     SQLite migrations run by several processes at once race each other."""
     experiment_id(MlflowClient(tracking_uri(cfg.tracking.uri)), cfg.study)
+
+
+class PrepareStore(Callback):
+    """Hydra callback: ``prepare_store`` in the launching process before any launcher (pool,
+    submitit, SLURM) starts a sweep's jobs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        prepare_store(config)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -26,7 +26,7 @@ from normlab.module import Classifier
 from normlab.progress import EpochProgress
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("data", "model", "norm", "optimizer", "trainer", "setup", "experiment", "profile")
+GROUPS = ("data", "model", "norm", "optimizer", "trainer", "setup", "experiment", "profile", "launcher")
 
 
 def group_options(group: str) -> list[str]:

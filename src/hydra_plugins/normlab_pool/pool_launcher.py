@@ -17,7 +17,7 @@ import multiprocessing as mp
 import os
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -127,9 +127,6 @@ class PoolLauncher(Launcher):
             visible_gpus(), self.jobs_per_gpu, os.cpu_count() or 1, self.cpu_jobs, self.threads_per_job
         )
         slots = slots[: len(job_overrides)]
-        prepare = self.config.get("prepare_store")  # e.g. create the tracking store once, before any job
-        if prepare:
-            _resolve(prepare)(self.config)
 
         context = mp.get_context("spawn")
         jobs, results = context.Queue(), context.Queue()
@@ -176,13 +173,6 @@ class PoolLauncher(Launcher):
                 else:
                     os.environ[key] = value
         return process
-
-
-def _resolve(path: str) -> Callable[[DictConfig], None]:
-    import importlib
-
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def _collect(

@@ -1,0 +1,21 @@
+"""make bench on a tiny scale: both loops run, every figure is reported, the last line is parseable."""
+
+import re
+
+import pytest
+
+from normlab import bench
+
+
+@pytest.mark.slow
+def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "SUBSETS", {256: 512, 8: 64})
+    lines: list[str] = []
+    results = bench.run(epochs=2, repeats=1, sweep=False, say=lines.append)
+    for batch in (256, 8):
+        for norm in bench.NORMS:
+            assert results[f"bs{batch}/{norm}/platform"] > 0 and results[f"bs{batch}/{norm}/reference"] > 0
+            assert 0 < results[f"bs{batch}/{norm}/logging"] < 1
+        assert results[f"bs{batch}/scratch_vs_native"] > 0
+    assert re.fullmatch(r"speed ratio vs reference: bs256=\d+\.\d\d bs8=\d+\.\d\d", bench.final_line(results))
+    assert any("scratch BN time per step" in line for line in lines)

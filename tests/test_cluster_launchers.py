@@ -1,0 +1,51 @@
+"""launcher=slurm and launcher=submitit_local: hydra-submitit-launcher, configured from conf/launcher/."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from normlab.train import CONF_DIR
+from tests.conftest import run_sweep
+
+
+def _launcher(overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    return dict(cfg.hydra.launcher)
+
+
+def test_slurm_launcher_takes_its_settings_from_config() -> None:
+    launcher = _launcher(["launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30"])
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["partition"] == "gpu" and launcher["timeout_min"] == 30
+    assert launcher["gpus_per_node"] == 1 and launcher["array_parallelism"] == 64
+
+
+def test_default_launcher_is_the_pool() -> None:
+    assert _launcher([])["_target_"].endswith("PoolLauncher")
+    assert _launcher(["launcher=submitit_local"])["_target_"].endswith("submitit_launcher.LocalLauncher")
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_records_every_cell(tmp_path: Path) -> None:
+    """Two cells through submitit's local executor (the SLURM code path without a cluster); the store
+    is created once by the PrepareStore callback before the jobs start."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    arguments = [
+        "launcher=submitit_local",
+        "study=submitit_test",
+        "norm=none,native",
+        "data.train_subset=256",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "eval.precise_batches=2",
+    ]
+    result = run_sweep(arguments, store, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("submitit_test").experiment_id])
+    assert sorted(r.data.tags["norm"] for r in runs) == ["native", "none"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))  # submitit ran them
