@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_one_run_records_params_tags_epoch_metrics_and_artifacts(compose_config, store: str) -> None:
     overrides = ["norm=scratch", "optimizer.lr=1.0", "seed=3", *QUICK, f"tracking.uri={store}"]
     cfg = compose_config(overrides)
-    final = fit(cfg, overrides)
+    final = fit(cfg, overrides).metrics
 
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("adhoc")
@@ -83,7 +83,7 @@ def test_batch_one_native_bn_fails_recorded_scratch_runs(compose_config, store: 
     overrides = ["data.batch_size=1", "data.train_subset=64", "trainer.max_epochs=1", f"tracking.uri={store}"]
     with pytest.raises(RunFailed, match="Expected more than 1 value per channel"):
         fit(compose_config(["norm=native", *overrides]), [])
-    final = fit(compose_config(["norm=scratch", *overrides, "eval.precise_batches=16"]), [])
+    final = fit(compose_config(["norm=scratch", *overrides, "eval.precise_batches=16"]), []).metrics
     assert 0.0 <= final["val/acc_batchstats"] <= 1.0
 
     client = MlflowClient(store)
@@ -123,7 +123,7 @@ def test_each_sensitivity_study_runs_one_cell(study: str, compose_config, store:
             f"tracking.uri={store}",
         ]
     )
-    final = fit(cfg, [])
+    final = fit(cfg, []).metrics
     assert {"val/acc", "val/acc_precise", "val/acc_batchstats"} <= set(final)
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name(study).experiment_id])

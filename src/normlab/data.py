@@ -188,6 +188,10 @@ class IndexBatches:
     def __len__(self) -> int:
         return -(-self.size // (self.batch_size * self.group))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle the next pass as epoch ``epoch`` (a resumed run continues the same order)."""
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, step = self.size, self.batch_size * self.group
         if self.shuffle:

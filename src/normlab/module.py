@@ -96,6 +96,9 @@ class Classifier(pl.LightningModule):
             torch.cuda.synchronize(self.device)
 
     def on_train_epoch_start(self) -> None:
+        batches = self.trainer.train_dataloader
+        if hasattr(batches, "set_epoch"):  # a resumed run must see the epoch's own shuffling order
+            batches.set_epoch(self.current_epoch)
         self._reset("train")
         self._synchronize()
         self._train_started = time.perf_counter()

@@ -12,14 +12,13 @@ from typing import Any
 
 import mlflow
 import torch
-from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Keys that say where results go, not what is computed: left out of the fingerprint.
-NOT_FINGERPRINTED = ("tracking",)
+NOT_FINGERPRINTED = ("tracking", "checkpoint_dir", "force")
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -37,14 +36,6 @@ def prepare_store(cfg: DictConfig) -> None:
     """Create the store and the study's experiment once, before parallel jobs start: first-time
     SQLite migrations run by several processes at once race each other."""
     experiment_id(MlflowClient(tracking_uri(cfg.tracking.uri)), cfg.study)
-
-
-class PrepareStore(Callback):
-    """Hydra callback: ``prepare_store`` in the launching process before any launcher (pool,
-    submitit, SLURM) starts a sweep's jobs."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        prepare_store(config)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -106,9 +97,17 @@ def setup_name(cfg: DictConfig) -> str:
     return str(cfg.label) if cfg.get("label") else run_name(cfg).removesuffix(f"-s{cfg.seed}")
 
 
-def start_run(cfg: DictConfig, overrides: list[str], device: str) -> tuple[MlflowClient, str]:
-    """Create the run in the study's experiment with params, tags and config artifacts."""
-    client = MlflowClient(tracking_uri(cfg.tracking.uri))
+def process_tags() -> dict[str, str]:
+    """Where the run's process lives: a rerun tells a dead run from one still training."""
+    return {"host": platform.node(), "pid": str(os.getpid())}
+
+
+def client(configured_uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri(configured_uri))
+
+
+def start_run(client: MlflowClient, cfg: DictConfig, overrides: list[str], device: str) -> str:
+    """Create the run in the study's experiment with params, tags and config artifacts; its id."""
     commit, dirty = git_state()
     tags = {
         "study": cfg.study,
@@ -126,6 +125,7 @@ def start_run(cfg: DictConfig, overrides: list[str], device: str) -> tuple[Mlflo
         "machine": machine(),
         # Which GPU a parallel sweep pinned this run to ("" = all visible / CPU).
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        **process_tags(),
     }
     run = client.create_run(experiment_id(client, cfg.study), run_name=run_name(cfg), tags=tags)
     run_id = run.info.run_id
@@ -135,7 +135,7 @@ def start_run(cfg: DictConfig, overrides: list[str], device: str) -> tuple[Mlflo
         client.log_batch(run_id, params=params_list[start : start + 100])
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
-    return client, run_id
+    return run_id
 
 
 class EpochMLFlowLogger(MLFlowLogger):

@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from normlab import data, tracking
+from normlab import data, resume, sweep, tracking
 from normlab.data import DataError, IndexBatches
 from normlab.evalmodes import EvalModes
 from normlab.module import Classifier
@@ -114,8 +115,21 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
     return instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
 
 
-def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
-    """Train one run as configured, record it in MLflow, and return its final metrics."""
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Outcome(NamedTuple):
+    action: str  # what fit did with the cell: "new" (trained), "resume", or "skip" (see normlab.resume)
+    metrics: dict[str, float]  # the run's final metrics
+
+
+def fit(cfg: DictConfig, overrides: list[str]) -> Outcome:
+    """Train one run as configured, record it in MLflow, and return what it did and its final metrics.
+
+    A cell that already has a FINISHED run is skipped (its metrics are returned), a killed one
+    resumes from its last epoch checkpoint into the same run (``normlab.resume``).
+    """
     check_config(cfg)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
@@ -123,14 +137,32 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset)
+
+    name = tracking.run_name(cfg)
+    client = tracking.client(cfg.tracking.uri)
+    fingerprint = tracking.fingerprint(cfg)
+    checkpoints = Path(cfg.checkpoint_dir or tracking.PROJECT_ROOT / "checkpoints")
+    checkpoint = resume.checkpoint_path(checkpoints, fingerprint)
+    plan = resume.plan_cell(
+        client, tracking.experiment_id(client, cfg.study), fingerprint, checkpoint, bool(cfg.force)
+    )
+    _say(f"[{name}] {plan.action}: {plan.reason}")
+    if plan.action == "skip":
+        return Outcome("skip", dict(client.get_run(plan.run_id).data.metrics))
+    if plan.action == "resume":
+        run_id = plan.run_id
+        client.update_run(run_id, status="RUNNING")
+        for key, value in tracking.process_tags().items():
+            client.set_tag(run_id, key, value)
+    else:
+        resume.remove_checkpoint(checkpoints, fingerprint)  # a stale one must not be resumed by this run
+        run_id = tracking.start_run(client, cfg, overrides, device="pending")
+
     module = Classifier(
         build_net(cfg),
         optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)),
         batch_size=cfg.data.batch_size,
     )
-
-    name = tracking.run_name(cfg)
-    client, run_id = tracking.start_run(cfg, overrides, device="pending")
     logger = tracking.EpochMLFlowLogger(
         experiment_name=cfg.study, tracking_uri=tracking.tracking_uri(cfg.tracking.uri), run_id=run_id
     )
@@ -142,6 +174,7 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     batch_size = cfg.data.batch_size
     trainer.callbacks += [
         EpochProgress(name),
+        resume.EpochCheckpoint(checkpoint),
         # Batches as large as the training ones, for the evaluations that use batch statistics.
         EvalModes(
             IndexBatches(train_split, batch_size, shuffle=True, seed=cfg.seed),
@@ -161,31 +194,39 @@ def fit(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
                 group=max(1, cfg.data.samples_per_call // batch_size),
             ),
             val_dataloaders=IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False),
+            ckpt_path=checkpoint if plan.action == "resume" else None,
         )
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         client.set_tag(run_id, "failure", f"{type(error).__name__}: {reason}"[:400])
         client.set_terminated(run_id, "FAILED")
         raise RunFailed(f"run {name} failed: {reason}") from error
-    except BaseException:  # interrupted: the run did not finish
+    except BaseException:  # interrupted: the run did not finish; its checkpoint lets a rerun resume it
         client.set_terminated(run_id, "KILLED")
         raise
-    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+    resume.remove_checkpoint(checkpoints, fingerprint)
+    return Outcome(plan.action, {key: float(value) for key, value in trainer.callback_metrics.items()})
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    hydra_config = HydraConfig.get()
+    job_dir = Path(hydra_config.runtime.output_dir)
+    cell = tracking.run_name(cfg)
     try:
-        metrics = fit(cfg, list(HydraConfig.get().overrides.task))
+        outcome = fit(cfg, list(hydra_config.overrides.task))
     except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sweep.record_outcome(job_dir, cell, "failed", str(error))
         raise SystemExit(2) from None
     except RunFailed as error:
         print(f"error: {error}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return float("nan")  # recorded as FAILED; the sweep goes on to the next cell
+        sweep.record_outcome(job_dir, cell, "failed", str(error))
+        if hydra_config.mode == RunMode.MULTIRUN:
+            return float("nan")  # recorded as FAILED; the sweep goes on and its summary lists the cell
         raise SystemExit(1) from None
-    return metrics.get("val/acc", float("nan"))
+    sweep.record_outcome(job_dir, cell, outcome.action)
+    return outcome.metrics.get("val/acc", float("nan"))
 
 
 def cli() -> None:
@@ -194,6 +235,8 @@ def cli() -> None:
         print(problem, file=sys.stderr)
         raise SystemExit(2)
     main()
+    if sweep.FAILED_CELLS:  # set by the SweepSummary callback at the end of a multirun
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,22 @@ def plan_slots(
     return [Slot(None, per_job) for _ in range(count)]
 
 
-def _worker(slot: Slot, state: bytes, jobs: Any, results: Any) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this worker when the launcher dies, even by SIGKILL; otherwise an
+    orphaned worker would train on with nobody to report to."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
+def _worker(slot: Slot, state: bytes, jobs: Any, results: Any, parent: int) -> None:
     """A slot's process: its environment was pinned by the parent; run cells until told to stop."""
+    _die_with_parent(parent)
     import importlib
 
     import torch
@@ -145,7 +159,7 @@ class PoolLauncher(Launcher):
         task = (self.task_function.__module__, self.task_function.__name__)
         # cloudpickle, as Hydra's joblib launcher does: Hydra's state holds OmegaConf resolver closures.
         state = cloudpickle.dumps((task, self.hydra_context, Singleton.get_state()))
-        shared = (state, jobs, results)
+        shared = (state, jobs, results, os.getpid())
         workers = [self._start(context, slot, shared) for slot in slots]
         where = ", ".join(f"{'gpu ' + s.gpu if s.gpu else 'cpu'} x{s.threads} threads" for s in slots)
         log.info(f"Launching {len(cells)} cells on {len(slots)} slots ({where})")
