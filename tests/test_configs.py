@@ -75,16 +75,6 @@ def test_unknown_choice_sentence() -> None:
     assert "unknown model 'resnet'" in unknown_choice(["model=resnet"])
 
 
-def test_cli_rejects_unknown_norm_in_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "normlab.train", "norm=bogus"], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: unknown norm kind 'bogus'; valid: native, none, scratch"
-    ]
-
-
 BAD_INPUTS = [
     ("data.batch_size=0", "data.batch_size=0 is not allowed; it must be an integer >= 1"),
     ("data.eval_batch_size=-4", "data.eval_batch_size=-4 is not allowed"),
@@ -102,6 +92,26 @@ BAD_INPUTS = [
     ("norm.eps=0", "norm.eps=0 is not allowed; it must be a number > 0"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed; it must be an integer >= 1"),
     ("seed=1.5", "seed=1.5 is not allowed; it must be an integer"),
+    ("seed=abc", "seed='abc' is not allowed; it must be an integer"),
+    ("data.batch_size=2.5", "data.batch_size=2.5 is not allowed; it must be an integer >= 1"),
+    ("data.samples_per_call=0", "data.samples_per_call=0 is not allowed; it must be an integer >= 1"),
+    ("norm.eps=-1e-05", "norm.eps=-1e-05 is not allowed; it must be a number > 0"),
+    ("lr_scaling=quadratic", "lr_scaling='quadratic' is not allowed; it must be constant or linear"),
+    ("eval.precise_batches=0", "eval.precise_batches=0 is not allowed; it must be an integer >= 1"),
+    ("force=maybe", "force='maybe' is not allowed; it must be true or false"),
+]
+
+# Rejected before any training or recording, by the command line: (arguments, its one line on stderr).
+BAD_COMMANDS = [
+    (["norm=bogus"], "error: unknown norm kind 'bogus'; valid: native, none, scratch"),
+    (["optimizer=adamw"], "error: unknown optimizer 'adamw'; valid: sgd"),
+    (["model=resnet"], "error: unknown model 'resnet'; valid: lenet_bn, lenet_d2l"),
+    (["optimizer.lr=-1"], "error: optimizer.lr=-1 is not allowed; it must be a number > 0"),
+    (["data.root=/nonexistent"], "error: data.root=/nonexistent holds no verified Fashion-MNIST files;"),
+    (
+        ["tracking.uri=sqlite:////proc/no/such/dir.db"],
+        "error: cannot use the tracking store sqlite:////proc/",
+    ),
 ]
 
 
@@ -122,17 +132,19 @@ def test_good_edge_values_pass(compose_config) -> None:
         check_config(compose_config(overrides))
 
 
-def test_cli_bad_value_is_one_line_and_records_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arguments", "message"), BAD_COMMANDS, ids=lambda v: str(v)[:40])
+def test_cli_bad_input_is_one_line_and_records_nothing(
+    arguments: list[str], message: str, tmp_path: Path
+) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = subprocess.run(
-        [sys.executable, "-m", "normlab.train", "optimizer.lr=-1"],
+        [sys.executable, "-m", "normlab.train", "data.train_subset=64", "trainer.max_epochs=1", *arguments],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         env=env,
     )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: optimizer.lr=-1 is not allowed; it must be a number > 0"
-    ]
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines  # no traceback, no log noise
     assert not (tmp_path / "mlflow.db").exists()

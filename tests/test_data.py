@@ -69,7 +69,10 @@ def test_missing_data_names_both_ways(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(
         DataError, match="was not found in .*apt-get install dataset-fashion-mnist.*torchvision"
     ):
-        data.locate(root=str(tmp_path / "empty"), download=False)
+        data.locate(root=None, download=False)
+    # an explicit root is not second-guessed: without the files there it is an error, not a fallback
+    with pytest.raises(DataError, match="data.root=.*empty holds no verified Fashion-MNIST files"):
+        data.locate(root=str(tmp_path / "empty"), download=True)
 
     def offline() -> None:
         raise OSError("network is unreachable")

@@ -98,7 +98,13 @@ def _download() -> None:
 
 def locate(root: str | None = None, download: bool = True) -> dict[str, bytes]:
     """Verified raw bytes of the four Fashion-MNIST files, looking in order at ``root``,
-    ``$NORMLAB_DATA``, Debian's package, then torchvision's download (when ``download``)."""
+    ``$NORMLAB_DATA``, Debian's package, then torchvision's download (when ``download``).
+    A ``root`` given explicitly must hold them: a typo there should not silently train on other files."""
+    if root is not None:
+        found = _verified_bytes(Path(root))
+        if found is None:
+            raise DataError(f"data.root={root} holds no verified Fashion-MNIST files; {HOW_TO_GET}.")
+        return found
     searched = _candidate_dirs(root)
     for directory in searched:
         found = _verified_bytes(directory)

@@ -102,8 +102,20 @@ def process_tags() -> dict[str, str]:
     return {"host": platform.node(), "pid": str(os.getpid())}
 
 
-def client(configured_uri: str | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri(configured_uri))
+class StoreError(RuntimeError):
+    """The tracking store cannot be opened or written; the message names it and says why."""
+
+
+def open_store(configured_uri: str | None, study: str) -> tuple[MlflowClient, str]:
+    """A client of the store and the study's experiment id, or a StoreError in one sentence."""
+    uri = tracking_uri(configured_uri)
+    try:
+        client = MlflowClient(uri)
+        return client, experiment_id(client, study)
+    except Exception as error:  # sqlite, HTTP and permission errors all arrive as different types
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:200] if lines else type(error).__name__
+        raise StoreError(f"cannot use the tracking store {uri}: {reason}") from None
 
 
 def start_run(client: MlflowClient, cfg: DictConfig, overrides: list[str], device: str) -> str:

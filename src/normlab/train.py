@@ -25,6 +25,7 @@ from normlab.data import DataError, IndexBatches
 from normlab.evalmodes import EvalModes
 from normlab.module import Classifier
 from normlab.progress import EpochProgress
+from normlab.tracking import StoreError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("data", "model", "norm", "optimizer", "trainer", "setup", "experiment", "profile", "launcher")
@@ -82,6 +83,7 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
     "eval.precise_batches": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "seed": ("an integer", _integer),
+    "force": ("true or false", lambda v: isinstance(v, bool)),
 }
 
 
@@ -139,13 +141,11 @@ def fit(cfg: DictConfig, overrides: list[str]) -> Outcome:
     train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset)
 
     name = tracking.run_name(cfg)
-    client = tracking.client(cfg.tracking.uri)
+    client, experiment = tracking.open_store(cfg.tracking.uri, cfg.study)
     fingerprint = tracking.fingerprint(cfg)
     checkpoints = Path(cfg.checkpoint_dir or tracking.PROJECT_ROOT / "checkpoints")
     checkpoint = resume.checkpoint_path(checkpoints, fingerprint)
-    plan = resume.plan_cell(
-        client, tracking.experiment_id(client, cfg.study), fingerprint, checkpoint, bool(cfg.force)
-    )
+    plan = resume.plan_cell(client, experiment, fingerprint, checkpoint, bool(cfg.force))
     _say(f"[{name}] {plan.action}: {plan.reason}")
     if plan.action == "skip":
         return Outcome("skip", dict(client.get_run(plan.run_id).data.metrics))
@@ -215,7 +215,7 @@ def main(cfg: DictConfig) -> float:
     cell = tracking.run_name(cfg)
     try:
         outcome = fit(cfg, list(hydra_config.overrides.task))
-    except (DataError, ConfigError) as error:
+    except (DataError, ConfigError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         sweep.record_outcome(job_dir, cell, "failed", str(error))
         raise SystemExit(2) from None
