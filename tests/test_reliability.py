@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from normlab import tracking
 from normlab.train import fit
-from tests.conftest import QUICK
+from tests.conftest import QUICK, run_sweep
 
 CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=3072", "data.batch_size=32",
          "trainer.max_epochs=6", "trainer.accelerator=cpu", "eval.precise_batches=5",
@@ -113,3 +113,27 @@ def test_same_config_and_seed_give_identical_metrics(compose_config, tmp_path: P
         results.append(fit(compose_config(overrides), []).metrics)
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats"):
         assert results[0][key] == results[1][key], key
+
+
+@pytest.mark.slow
+def test_failed_cell_sweep_goes_on_exits_1_and_a_rerun_skips_the_finished(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    arguments = ["study=fail_test", "norm=native,scratch", "data.batch_size=1", "data.train_subset=32",
+                 "trainer.max_epochs=1", "trainer.accelerator=cpu", "eval.precise_batches=2",
+                 f"checkpoint_dir={tmp_path / 'checkpoints'}"]  # fmt: skip
+    first = run_sweep(arguments, store, tmp_path)
+    assert first.returncode == 1, first.stderr[-3000:]
+    out = first.stdout + first.stderr
+    assert "[sweep] 2 cells: 1 trained, 0 resumed, 0 skipped (already finished), 1 failed" in out
+    assert (
+        "failed lenet_bn-native-bs1-m0.1-lr0.9-s0: run lenet_bn-native-bs1-m0.1-lr0.9-s0 failed: Expected"
+        in out
+    )
+
+    again = run_sweep(arguments, store, tmp_path)
+    out = again.stdout + again.stderr
+    assert again.returncode == 1 and "0 trained, 0 resumed, 1 skipped (already finished), 1 failed" in out
+    assert "[lenet_bn-scratch-bs1-m0.1-lr0.9-s0] skip: finished as run" in out
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("fail_test").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]  # failed cells rerun
