@@ -49,8 +49,9 @@ class Split:
 
 
 def _candidate_dirs(root: str | None) -> list[Path]:
-    bases = [Path(p) for p in (root, os.environ.get(ROOT_ENV_VAR)) if p]
-    bases += [DEBIAN_ROOT, DOWNLOAD_ROOT]
+    """An explicit ``root`` only; else ``$NORMLAB_DATA``, Debian's package, torchvision's download."""
+    env = os.environ.get(ROOT_ENV_VAR)
+    bases = [Path(root)] if root else [*([Path(env)] if env else []), DEBIAN_ROOT, DOWNLOAD_ROOT]
     # torchvision keeps its download under <root>/FashionMNIST/raw
     return [d for base in bases for d in (base, base / "FashionMNIST" / "raw")]
 
@@ -100,16 +101,13 @@ def locate(root: str | None = None, download: bool = True) -> dict[str, bytes]:
     """Verified raw bytes of the four Fashion-MNIST files, looking in order at ``root``,
     ``$NORMLAB_DATA``, Debian's package, then torchvision's download (when ``download``).
     A ``root`` given explicitly must hold them: a typo there should not silently train on other files."""
-    if root is not None:
-        found = _verified_bytes(Path(root))
-        if found is None:
-            raise DataError(f"data.root={root} holds no verified Fashion-MNIST files; {HOW_TO_GET}.")
-        return found
     searched = _candidate_dirs(root)
     for directory in searched:
         found = _verified_bytes(directory)
         if found is not None:
             return found
+    if root:
+        raise DataError(f"data.root={root} holds no verified Fashion-MNIST files; {HOW_TO_GET}.")
     if download:
         try:
             _download()

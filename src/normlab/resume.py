@@ -65,19 +65,20 @@ def plan_cell(
         filter_string=f"tags.config_fingerprint = '{fingerprint}'",
         order_by=["attributes.start_time DESC"],
     )
+    status = {run.info.run_id: run.info.status for run in runs}  # kept current, not read again
     for run in runs:
-        if run.info.status == "RUNNING" and is_orphaned(run):
+        if status[run.info.run_id] == "RUNNING" and is_orphaned(run):
             client.set_terminated(run.info.run_id, "KILLED")
             client.set_tag(run.info.run_id, "failure", "process died (found on rerun)")
-    runs = [client.get_run(run.info.run_id) for run in runs]
-    finished = [run for run in runs if run.info.status == "FINISHED"]
+            status[run.info.run_id] = "KILLED"
+    finished = [run for run in runs if status[run.info.run_id] == "FINISHED"]
     if finished and not force:
         return Plan("skip", f"finished as run {finished[0].info.run_id}", finished[0].info.run_id)
-    running = [run for run in runs if run.info.status == "RUNNING"]
+    running = [run for run in runs if status[run.info.run_id] == "RUNNING"]
     if running and not force:
         where = f"{running[0].data.tags.get('host', '?')} pid {running[0].data.tags.get('pid', '?')}"
         return Plan("skip", f"running now as run {running[0].info.run_id} ({where})", running[0].info.run_id)
-    killed = [run for run in runs if run.info.status == "KILLED"]
+    killed = [run for run in runs if status[run.info.run_id] == "KILLED"]
     if killed and checkpoint.exists() and not force:
         return Plan(
             "resume", f"resuming run {killed[0].info.run_id} from {checkpoint}", killed[0].info.run_id

@@ -35,7 +35,7 @@ def experiment_id(client: MlflowClient, study: str) -> str:
 def prepare_store(cfg: DictConfig) -> None:
     """Create the store and the study's experiment once, before parallel jobs start: first-time
     SQLite migrations run by several processes at once race each other."""
-    experiment_id(MlflowClient(tracking_uri(cfg.tracking.uri)), cfg.study)
+    open_store(cfg.tracking.uri, cfg.study)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
