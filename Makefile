@@ -7,7 +7,7 @@ EXP ?= d2l_bn_lenet
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data sweep table test lint bench ui server clean
+.PHONY: help venv data sweep table rerun test lint bench ui server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -30,6 +30,10 @@ sweep: venv data ## run study EXP (default d2l_bn_lenet) over its grid, then wri
 
 table: venv ## rebuild experiments/EXP/RESULTS.md (+ CSV) from MLflow alone
 	$(PY) -m normlab.report $(EXP)
+
+rerun: venv ## train a recorded run again (RUN_ID=<id> from the UI) and compare its final metrics
+	@[ -n "$(RUN_ID)" ] || { echo "usage: make rerun RUN_ID=<run id>  (the run's page in the UI shows it)"; exit 2; }
+	$(PY) -m normlab.rerun $(RUN_ID)
 
 test: venv data lint ## ruff, then the test suite (under 10 minutes on 2 cores)
 	$(PY) -m pytest -q

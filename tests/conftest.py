@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from normlab.train import CONF_DIR
@@ -41,3 +42,10 @@ def run_sweep(arguments: list[str], store: str, workdir: Path, **env: str) -> su
     ]
     environment = {**os.environ, "MLFLOW_TRACKING_URI": store, **env}
     return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=workdir)
+
+
+def cell_runs(store: str, study: str) -> list:
+    """The study's training runs (a sweep's parent run left out)."""
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(study).experiment_id
+    return client.search_runs([experiment], filter_string="tags.kind = 'cell'")

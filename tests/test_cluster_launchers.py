@@ -4,10 +4,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 
 from normlab.train import CONF_DIR
-from tests.conftest import run_sweep
+from tests.conftest import cell_runs, run_sweep
 
 
 def _launcher(overrides: list[str]) -> dict:
@@ -44,8 +43,7 @@ def test_submitit_local_sweep_records_every_cell(tmp_path: Path) -> None:
     ]
     result = run_sweep(arguments, store, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("submitit_test").experiment_id])
+    runs = cell_runs(store, "submitit_test")
     assert sorted(r.data.tags["norm"] for r in runs) == ["native", "none"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))  # submitit ran them

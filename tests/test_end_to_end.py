@@ -22,7 +22,7 @@ def test_one_run_records_params_tags_epoch_metrics_and_artifacts(compose_config,
     experiment = client.get_experiment_by_name("adhoc")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "lenet_bn-scratch-bs64-m0.1-lr1.0-s3"
+    assert run.info.run_name == "scratch-bs64-m0.1-lr1.0-s3"
     params = run.data.params
     assert params["norm.kind"] == "scratch" and params["optimizer.lr"] == "1.0"
     assert params["data.train_subset"] == "2048" and params["seed"] == "3"

@@ -4,10 +4,9 @@ import itertools
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from hydra_plugins.normlab_pool.pool_launcher import plan_slots, visible_gpus
-from tests.conftest import run_sweep
+from tests.conftest import cell_runs, run_sweep
 
 
 def test_gpu_slots_are_a_pool_of_jobs_per_gpu() -> None:
@@ -58,8 +57,7 @@ def test_sweep_over_two_fake_gpus_pins_each_run_and_never_overbooks(tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[sweep] 4/4 done (0 failed)" in result.stdout + result.stderr
 
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("pool_test").experiment_id])
+    runs = cell_runs(store, "pool_test")
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     by_gpu: dict[str, list] = {}
     for run in runs:

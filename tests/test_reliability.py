@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from normlab import tracking
 from normlab.train import fit
-from tests.conftest import QUICK, run_sweep
+from tests.conftest import QUICK, cell_runs, run_sweep
 
 CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=3072", "data.batch_size=32",
          "trainer.max_epochs=6", "trainer.accelerator=cpu", "eval.precise_batches=5",
@@ -44,8 +43,7 @@ def _kill_after_a_checkpoint(process: subprocess.Popen, checkpoints: Path, newer
 
 
 def _runs(store: str) -> list:
-    client = MlflowClient(store)
-    return client.search_runs([client.get_experiment_by_name("kill_test").experiment_id])
+    return cell_runs(store, "kill_test")
 
 
 @pytest.mark.slow
@@ -125,15 +123,11 @@ def test_failed_cell_sweep_goes_on_exits_1_and_a_rerun_skips_the_finished(tmp_pa
     assert first.returncode == 1, first.stderr[-3000:]
     out = first.stdout + first.stderr
     assert "[sweep] 2 cells: 1 trained, 0 resumed, 0 skipped (already finished), 1 failed" in out
-    assert (
-        "failed lenet_bn-native-bs1-m0.1-lr0.9-s0: run lenet_bn-native-bs1-m0.1-lr0.9-s0 failed: Expected"
-        in out
-    )
+    assert "failed native-bs1-m0.1-lr0.9-s0: run native-bs1-m0.1-lr0.9-s0 failed: Expected" in out
 
     again = run_sweep(arguments, store, tmp_path)
     out = again.stdout + again.stderr
     assert again.returncode == 1 and "0 trained, 0 resumed, 1 skipped (already finished), 1 failed" in out
-    assert "[lenet_bn-scratch-bs1-m0.1-lr0.9-s0] skip: finished as run" in out
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("fail_test").experiment_id])
+    assert "[scratch-bs1-m0.1-lr0.9-s0] skip: finished as run" in out
+    runs = cell_runs(store, "fail_test")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]  # failed cells rerun

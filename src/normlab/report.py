@@ -2,7 +2,7 @@
 
 ``python -m normlab.report <study>`` (``make table EXP=<study>``) writes
 ``experiments/<study>/RESULTS.md``, ``results.csv`` and PNG plots, and logs them as artifacts of
-the study's ``summary`` run in MLflow.
+the study's latest sweep (its parent run) in MLflow.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def load_runs(study: str, uri: str | None = None) -> pd.DataFrame:
             f"no MLflow experiment {study!r} in {tracking_uri(uri)}; run: make sweep EXP={study}"
         )
     runs = mlflow.search_runs(experiment_names=[study], output_format="pandas")
-    if "tags.kind" in runs:
-        runs = runs[runs["tags.kind"] != "summary"]
+    if "tags.kind" in runs:  # parent runs of sweeps and summary runs carry no training
+        runs = runs[~runs["tags.kind"].isin(["summary", "sweep"])]
     if runs.empty:
         raise ReportError(f"experiment {study!r} has no runs yet; run: make sweep EXP={study}")
     return runs.reset_index(drop=True)
@@ -262,9 +262,20 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
 
 
 def log_summary_run(study: str, uri: str | None, paths: list[Path]) -> None:
-    """Replace the study's ``summary`` run with one carrying the latest table and plots."""
+    """Log the table, CSV and plots with the study's latest sweep (its parent run). A study whose
+    runs were not made by a sweep gets a ``summary`` run instead, replaced each time."""
     client = MlflowClient(tracking_uri(uri))
     experiment = client.get_experiment_by_name(study)
+    sweeps = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.kind = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if sweeps:
+        for path in paths:
+            client.log_artifact(sweeps[0].info.run_id, str(path), artifact_path="results")
+        return
     for old in client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'summary'"):
         client.delete_run(old.info.run_id)
     run = client.create_run(experiment.experiment_id, run_name=f"{study}-summary", tags={"kind": "summary"})

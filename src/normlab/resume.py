@@ -24,6 +24,8 @@ import pytorch_lightning as pl
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from normlab import tracking
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -68,8 +70,8 @@ def plan_cell(
     status = {run.info.run_id: run.info.status for run in runs}  # kept current, not read again
     for run in runs:
         if status[run.info.run_id] == "RUNNING" and is_orphaned(run):
-            client.set_terminated(run.info.run_id, "KILLED")
             client.set_tag(run.info.run_id, "failure", "process died (found on rerun)")
+            tracking.end_run(client, run.info.run_id, "KILLED")
             status[run.info.run_id] = "KILLED"
     finished = [run for run in runs if status[run.info.run_id] == "FINISHED"]
     if finished and not force:

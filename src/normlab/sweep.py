@@ -1,21 +1,27 @@
 """Around a sweep (Hydra callbacks, any launcher): prepare the store before its jobs, sum up after.
 
-Each job writes ``outcome.json`` into its Hydra job folder (trained, resumed, skipped or failed);
-the summary reads them from the sweep folder, so it works for the pool, submitit and SLURM alike.
+Before the jobs, the store, the study's experiment and the sweep's parent MLflow run are created
+once; the parent's id goes into the sweep folder, where each job reads it and nests its run under
+it. Each job writes ``outcome.json`` into its Hydra job folder (trained, resumed, skipped or
+failed); the summary reads them from the sweep folder, so it works for the pool, submitit and
+SLURM alike, and is logged with the parent run.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from normlab.tracking import prepare_store
+from normlab.tracking import end_run, open_store
 
 OUTCOME_FILE = "outcome.json"
+PARENT_RUN_FILE = "parent_run_id"
 # Cells that failed in the last sweep of this process; `normlab.train.cli` exits non-zero when any did.
 FAILED_CELLS: list[str] = []
 
@@ -49,17 +55,51 @@ def summary(outcomes: list[dict[str, str]], missing: list[str]) -> tuple[str, li
     return "\n".join([head, *(f"  failed {line}" for line in failed)]), failed
 
 
+def start_parent_run(config: DictConfig) -> str:
+    """Create the store, the study's experiment and the sweep's parent run (named after the study
+    and the start time); write its id into the sweep folder for the jobs. Its id."""
+    client, experiment = open_store(config.tracking.uri, config.study)
+    sweep_dir = Path(config.hydra.sweep.dir).resolve()
+    tags = {
+        "kind": "sweep",
+        "status": "running",
+        "study": config.study,
+        "sweep_dir": str(sweep_dir),
+        "host": platform.node(),
+        "sweep_overrides": " ".join(config.hydra.overrides.task)[:5000],
+    }
+    name = f"{config.study} {dt.datetime.now():%Y-%m-%d %H:%M:%S}"
+    run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
+    return run_id
+
+
+def parent_run_id(sweep_dir: Path) -> str | None:
+    """The id of the sweep's parent run, for a job of that sweep (None if it has none)."""
+    path = sweep_dir.resolve() / PARENT_RUN_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
 class PrepareStore(Callback):
-    """Create the store and the study's experiment once, before any launcher starts jobs."""
+    """Create the store, the study's experiment and the sweep's parent run once, before any
+    launcher starts jobs: first-time SQLite migrations run by several processes at once race."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        prepare_store(config)
+        start_parent_run(config)
 
 
 class SweepSummary(Callback):
-    """After a sweep: what was trained, resumed, skipped and failed; failures make the exit status 1."""
+    """After a sweep: what was trained, resumed, skipped and failed, printed and logged with the
+    parent run (FINISHED, or FAILED when a cell failed); failures make the exit status 1."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        text, failed = summary(*read_outcomes(Path(config.hydra.sweep.dir)))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        text, failed = summary(*read_outcomes(sweep_dir))
         print(text, flush=True)
         FAILED_CELLS[:] = failed
+        run_id = parent_run_id(sweep_dir)
+        if run_id:
+            client, _ = open_store(config.tracking.uri, config.study)
+            client.log_text(run_id, text + "\n", "sweep_summary.txt")
+            end_run(client, run_id, "FAILED" if failed else "FINISHED")

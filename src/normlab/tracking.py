@@ -7,11 +7,14 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import torch
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
@@ -26,16 +29,21 @@ def tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+def artifact_location(uri: str, study: str) -> str | None:
+    """For a SQLite store, ``<folder of the .db>/mlruns/<study>``: MLflow's default is relative to
+    whichever folder the first run started in, so artifacts scattered with the working directory.
+    Other stores (a tracking server) decide for themselves (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / study).as_uri()
+
+
 def experiment_id(client: MlflowClient, study: str) -> str:
     """The id of the study's MLflow experiment, created on first use."""
     experiment = client.get_experiment_by_name(study)
-    return experiment.experiment_id if experiment else client.create_experiment(study)
-
-
-def prepare_store(cfg: DictConfig) -> None:
-    """Create the store and the study's experiment once, before parallel jobs start: first-time
-    SQLite migrations run by several processes at once race each other."""
-    open_store(cfg.tracking.uri, cfg.study)
+    if experiment:
+        return experiment.experiment_id
+    return client.create_experiment(study, artifact_location=artifact_location(client.tracking_uri, study))
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -85,16 +93,17 @@ def machine() -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """``<model>-<norm>-bs<batch>-m<momentum>-lr<lr>-s<seed>``: readable in the UI's run list."""
-    return (
-        f"{cfg.model.name}-{cfg.norm.kind}-bs{cfg.data.batch_size}"
-        f"-m{cfg.norm.momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
-    )
+    """``<norm>-bs<batch>-m<momentum>-lr<lr>-s<seed>``: what tells cells apart in the UI's run list
+    (the model is a tag and part of the setup name)."""
+    return f"{cfg.norm.kind}-bs{cfg.data.batch_size}-m{cfg.norm.momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
 
 
 def setup_name(cfg: DictConfig) -> str:
-    """What a results table groups seeds by: ``label`` if set, else the run name without the seed."""
-    return str(cfg.label) if cfg.get("label") else run_name(cfg).removesuffix(f"-s{cfg.seed}")
+    """What a results table groups seeds by: ``label`` if set, else ``<model>-`` + the run name
+    without the seed."""
+    if cfg.get("label"):
+        return str(cfg.label)
+    return f"{cfg.model.name}-" + run_name(cfg).removesuffix(f"-s{cfg.seed}")
 
 
 def process_tags() -> dict[str, str]:
@@ -118,10 +127,22 @@ def open_store(configured_uri: str | None, study: str) -> tuple[MlflowClient, st
         raise StoreError(f"cannot use the tracking store {uri}: {reason}") from None
 
 
-def start_run(client: MlflowClient, cfg: DictConfig, overrides: list[str], device: str) -> str:
-    """Create the run in the study's experiment with params, tags and config artifacts; its id."""
+def start_run(
+    client: MlflowClient,
+    cfg: DictConfig,
+    overrides: list[str],
+    device: str,
+    extra_tags: dict[str, str] | None = None,
+) -> str:
+    """Create the run in the study's experiment with params, tags and config artifacts; its id.
+
+    ``extra_tags`` adds e.g. ``mlflow.parentRunId`` (nests the run under its sweep in the UI) or
+    ``rerun_of``.
+    """
     commit, dirty = git_state()
     tags = {
+        "kind": "cell",
+        "status": "running",
         "study": cfg.study,
         "setup": setup_name(cfg),
         "model": cfg.model.name,
@@ -135,9 +156,12 @@ def start_run(client: MlflowClient, cfg: DictConfig, overrides: list[str], devic
         "config_fingerprint": fingerprint(cfg),
         "device": device,
         "machine": machine(),
+        # Float sums are reduced in a thread-count-dependent order: a rerun pins the same count.
+        "torch_threads": str(torch.get_num_threads()),
         # Which GPU a parallel sweep pinned this run to ("" = all visible / CPU).
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         **process_tags(),
+        **(extra_tags or {}),
     }
     run = client.create_run(experiment_id(client, cfg.study), run_name=run_name(cfg), tags=tags)
     run_id = run.info.run_id
@@ -148,6 +172,28 @@ def start_run(client: MlflowClient, cfg: DictConfig, overrides: list[str], devic
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
     return run_id
+
+
+def end_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """Terminate the run as FINISHED, FAILED or KILLED, and mirror it in the ``status`` tag, which
+    the UI can show as a column and group by (the run's own status is an attribute it cannot)."""
+    client.set_tag(run_id, "status", status.lower())
+    client.set_terminated(run_id, status)
+
+
+@contextmanager
+def system_metrics(run_id: str, uri: str, interval_s: float, resumed: bool) -> Iterator[None]:
+    """Log CPU, memory, disk, network (and GPU through NVML when present) as ``system/*`` metrics
+    of the run every ``interval_s`` seconds while the block runs: Lightning's logger does not.
+    A resumed run continues its earlier steps."""
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=uri
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 class EpochMLFlowLogger(MLFlowLogger):

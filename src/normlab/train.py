@@ -84,6 +84,7 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "eval.precise_batches": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "seed": ("an integer", _integer),
     "force": ("true or false", lambda v: isinstance(v, bool)),
+    "tracking.system_metrics_s": ("a number > 0 (seconds)", lambda v: _number(v) and v > 0),
 }
 
 
@@ -124,16 +125,19 @@ def _say(message: str) -> None:
 class Outcome(NamedTuple):
     action: str  # what fit did with the cell: "new" (trained), "resume", or "skip" (see normlab.resume)
     metrics: dict[str, float]  # the run's final metrics
+    run_id: str  # the MLflow run that holds them
 
 
-def fit(cfg: DictConfig, overrides: list[str]) -> Outcome:
+def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = None) -> Outcome:
     """Train one run as configured, record it in MLflow, and return what it did and its final metrics.
 
     A cell that already has a FINISHED run is skipped (its metrics are returned), a killed one
-    resumes from its last epoch checkpoint into the same run (``normlab.resume``).
+    resumes from its last epoch checkpoint into the same run (``normlab.resume``). ``tags`` go on
+    a new run (its sweep's parent run, the run it reruns).
     """
     check_config(cfg)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop lines per run
     # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
     warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -148,7 +152,7 @@ def fit(cfg: DictConfig, overrides: list[str]) -> Outcome:
     plan = resume.plan_cell(client, experiment, fingerprint, checkpoint, bool(cfg.force))
     _say(f"[{name}] {plan.action}: {plan.reason}")
     if plan.action == "skip":
-        return Outcome("skip", dict(client.get_run(plan.run_id).data.metrics))
+        return Outcome("skip", dict(client.get_run(plan.run_id).data.metrics), plan.run_id)
     if plan.action == "resume":
         run_id = plan.run_id
         client.update_run(run_id, status="RUNNING")
@@ -156,7 +160,7 @@ def fit(cfg: DictConfig, overrides: list[str]) -> Outcome:
             client.set_tag(run_id, key, value)
     else:
         resume.remove_checkpoint(checkpoints, fingerprint)  # a stale one must not be resumed by this run
-        run_id = tracking.start_run(client, cfg, overrides, device="pending")
+        run_id = tracking.start_run(client, cfg, overrides, device="pending", extra_tags=tags)
 
     module = Classifier(
         build_net(cfg),
@@ -182,30 +186,35 @@ def fit(cfg: DictConfig, overrides: list[str]) -> Outcome:
             precise_batches=cfg.eval.precise_batches,
         ),
     ]
+    train_batches = IndexBatches(
+        train_split,
+        batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_single_tail=True,
+        group=max(1, cfg.data.samples_per_call // batch_size),
+    )
+    uri = tracking.tracking_uri(cfg.tracking.uri)
     try:
-        trainer.fit(
-            module,
-            train_dataloaders=IndexBatches(
-                train_split,
-                batch_size,
-                shuffle=True,
-                seed=cfg.seed,
-                drop_single_tail=True,
-                group=max(1, cfg.data.samples_per_call // batch_size),
-            ),
-            val_dataloaders=IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False),
-            ckpt_path=checkpoint if plan.action == "resume" else None,
-        )
+        with tracking.system_metrics(run_id, uri, cfg.tracking.system_metrics_s, plan.action == "resume"):
+            trainer.fit(
+                module,
+                train_dataloaders=train_batches,
+                val_dataloaders=IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False),
+                ckpt_path=checkpoint if plan.action == "resume" else None,
+            )
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         client.set_tag(run_id, "failure", f"{type(error).__name__}: {reason}"[:400])
-        client.set_terminated(run_id, "FAILED")
+        tracking.end_run(client, run_id, "FAILED")
         raise RunFailed(f"run {name} failed: {reason}") from error
     except BaseException:  # interrupted: the run did not finish; its checkpoint lets a rerun resume it
-        client.set_terminated(run_id, "KILLED")
+        tracking.end_run(client, run_id, "KILLED")
         raise
+    tracking.end_run(client, run_id, "FINISHED")  # Lightning's logger would say FINISHED without the tag
     resume.remove_checkpoint(checkpoints, fingerprint)
-    return Outcome(plan.action, {key: float(value) for key, value in trainer.callback_metrics.items()})
+    final = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    return Outcome(plan.action, final, run_id)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -213,8 +222,11 @@ def main(cfg: DictConfig) -> float:
     hydra_config = HydraConfig.get()
     job_dir = Path(hydra_config.runtime.output_dir)
     cell = tracking.run_name(cfg)
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    parent = sweep.parent_run_id(Path(hydra_config.sweep.dir)) if multirun else None
+    tags = {"mlflow.parentRunId": parent} if parent else {}  # the UI nests the run under its sweep
     try:
-        outcome = fit(cfg, list(hydra_config.overrides.task))
+        outcome = fit(cfg, list(hydra_config.overrides.task), tags)
     except (DataError, ConfigError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         sweep.record_outcome(job_dir, cell, "failed", str(error))
@@ -222,7 +234,7 @@ def main(cfg: DictConfig) -> float:
     except RunFailed as error:
         print(f"error: {error}", file=sys.stderr)
         sweep.record_outcome(job_dir, cell, "failed", str(error))
-        if hydra_config.mode == RunMode.MULTIRUN:
+        if multirun:
             return float("nan")  # recorded as FAILED; the sweep goes on and its summary lists the cell
         raise SystemExit(1) from None
     sweep.record_outcome(job_dir, cell, outcome.action)
