@@ -7,7 +7,7 @@ EXP ?= d2l_bn_lenet
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data sweep table rerun test lint bench ui server clean
+.PHONY: help venv data browser screenshots sweep table rerun test lint bench ui server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -24,6 +24,10 @@ data: ## install Debian's dataset-fashion-mnist when root on Debian/Ubuntu (else
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
 
+browser: ## install Debian's chromium + chromedriver for the UI test when root on Debian/Ubuntu (else it skips)
+	@if ! { command -v chromium && command -v chromedriver; } >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; fi
+
 sweep: venv data ## run study EXP (default d2l_bn_lenet) over its grid, then write its table; ARGS= adds overrides
 	$(PY) -m normlab.train -m experiment=$(EXP) $(ARGS)
 	$(PY) -m normlab.report $(EXP)
@@ -35,7 +39,7 @@ rerun: venv ## train a recorded run again (RUN_ID=<id> from the UI) and compare 
 	@[ -n "$(RUN_ID)" ] || { echo "usage: make rerun RUN_ID=<run id>  (the run's page in the UI shows it)"; exit 2; }
 	$(PY) -m normlab.rerun $(RUN_ID)
 
-test: venv data lint ## ruff, then the test suite (under 10 minutes on 2 cores)
+test: venv data browser lint ## ruff, then the test suite (under 10 minutes on 2 cores)
 	$(PY) -m pytest -q
 
 bench: venv data ## speed: platform vs a plain PyTorch loop, scratch vs native BN, logging share, 1 vs N jobs (~3 min)
@@ -52,6 +56,9 @@ server: venv ## an MLflow tracking server over the project's store on 127.0.0.1 
 	@echo "tracking server: http://$${HOST:-127.0.0.1}:$${PORT:-5001}  (export MLFLOW_TRACKING_URI=that URL)"
 	$(VENV)/bin/mlflow server --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		--artifacts-destination "$(CURDIR)/mlartifacts" --host $${HOST:-127.0.0.1} --port $${PORT:-5001}
+
+screenshots: venv data browser ## rerun the UI browser test, keeping its screenshots in docs/ (for the README)
+	NORMLAB_SCREENSHOTS=$(CURDIR)/docs $(PY) -m pytest -q tests/test_ui.py -k browser
 
 clean: ## remove Hydra outputs (keeps .venv and mlflow.db)
 	rm -rf outputs multirun .pytest_cache

@@ -38,12 +38,19 @@ def artifact_location(uri: str, study: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / study).as_uri()
 
 
+# Without it, MLflow 3's UI opens an experiment on its GenAI (traces) pages instead of its runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(client: MlflowClient, study: str) -> str:
-    """The id of the study's MLflow experiment, created on first use."""
+    """The id of the study's MLflow experiment, created on first use, marked as model training."""
     experiment = client.get_experiment_by_name(study)
-    if experiment:
-        return experiment.experiment_id
-    return client.create_experiment(study, artifact_location=artifact_location(client.tracking_uri, study))
+    if experiment is None:
+        location = artifact_location(client.tracking_uri, study)
+        return client.create_experiment(study, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+    if EXPERIMENT_KIND[0] not in experiment.tags:  # a study recorded before the tag was set
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
