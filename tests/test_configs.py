@@ -14,6 +14,8 @@ from normlab.models import LeNet
 from normlab.norms import NORMS
 from normlab.train import CONF_DIR, ConfigError, build_net, check_config, group_options, unknown_choice
 
+ALL_NORMS = "valid: batch_renorm, ghost, group, layer, mean_only, native, none, scratch, variance_only"
+
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR.parent / "experiments").glob("*.yaml"))
 
 
@@ -68,10 +70,7 @@ def test_unknown_choice_sentence() -> None:
     assert unknown_choice(["norm=scratch", "seed=1"]) is None
     assert unknown_choice(["-m", "norm=none,scratch"]) is None
     assert unknown_choice(["-m", "norm=glob(*)"]) is None
-    assert (
-        unknown_choice(["norm=scratch,bogus"])
-        == "error: unknown norm kind 'bogus'; valid: native, none, scratch"
-    )
+    assert unknown_choice(["norm=scratch,bogus"]) == f"error: unknown norm kind 'bogus'; {ALL_NORMS}"
     assert "unknown model 'resnet'" in unknown_choice(["model=resnet"])
 
 
@@ -103,7 +102,7 @@ BAD_INPUTS = [
 
 # Rejected before any training or recording, by the command line: (arguments, its one line on stderr).
 BAD_COMMANDS = [
-    (["norm=bogus"], "error: unknown norm kind 'bogus'; valid: native, none, scratch"),
+    (["norm=bogus"], f"error: unknown norm kind 'bogus'; {ALL_NORMS}"),
     (["optimizer=adamw"], "error: unknown optimizer 'adamw'; valid: sgd"),
     (["model=resnet"], "error: unknown model 'resnet'; valid: lenet_bn, lenet_d2l"),
     (["optimizer.lr=-1"], "error: optimizer.lr=-1 is not allowed; it must be a number > 0"),

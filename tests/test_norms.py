@@ -118,11 +118,23 @@ def test_batch_of_one_in_fc_layers() -> None:
 
 
 def test_registry_and_errors() -> None:
-    assert set(NORMS) == {"none", "scratch", "native"}
+    assert set(NORMS) == {
+        *(
+            "none",
+            "scratch",
+            "native",
+            "group",
+            "layer",
+            "batch_renorm",
+            "ghost",
+            "mean_only",
+            "variance_only",
+        )
+    }
     assert isinstance(build_norm("none", 3, True), nn.Identity)
     assert isinstance(build_norm("native", 3, True), nn.BatchNorm2d)
     assert isinstance(build_norm("native", 3, False), nn.BatchNorm1d)
-    with pytest.raises(ValueError, match="known kinds: native, none, scratch"):
+    with pytest.raises(ValueError, match="known kinds: batch_renorm, ghost, group, layer, mean_only, native"):
         build_norm("bogus", 3, True)
     with pytest.raises(ValueError, match="expects 4-D input"):
         build_norm("scratch", 3, True)(torch.randn(2, 3))

@@ -6,6 +6,9 @@ from torch import nn
 
 from normlab.norms import NormFactory
 
+POSITIONS = ("before_activation", "after_activation")
+NORM_IN = ("all", "conv", "fc", "none")
+
 
 def _conv_out(size: int, kernel: int, padding: int) -> int:
     return size + 2 * padding - kernel + 1
@@ -17,6 +20,11 @@ class LeNet(nn.Sequential):
     ``conv1_padding=0`` is the BN chapter's net (flatten 16*4*4 = 256); ``conv1_padding=2`` is the
     LeNet chapter's net (flatten 16*5*5 = 400). With ``norm`` returning ``nn.Identity`` both are the
     plain nets. Weights are xavier-uniform as in d2l; biases keep torch's default init.
+
+    d2l's exercises as options: ``norm_position="after_activation"`` puts the norm after the sigmoid;
+    ``norm_in`` keeps it in ``"conv"`` or ``"fc"`` layers only (``"none"``: nowhere);
+    ``bias_before_norm=False`` drops the bias of each conv/linear layer a norm follows (BN's shift
+    makes it redundant: the batch mean absorbs it).
     """
 
     def __init__(
@@ -26,25 +34,35 @@ class LeNet(nn.Sequential):
         image_size: int = 28,
         in_channels: int = 1,
         num_classes: int = 10,
+        norm_position: str = "before_activation",
+        norm_in: str = "all",
+        bias_before_norm: bool = True,
     ) -> None:
+        if norm_position not in POSITIONS:
+            raise ValueError(f"model.norm_position={norm_position!r}; valid: {', '.join(POSITIONS)}")
+        if norm_in not in NORM_IN:
+            raise ValueError(f"model.norm_in={norm_in!r}; valid: {', '.join(NORM_IN)}")
+
+        def block(
+            affine: type[nn.Conv2d | nn.Linear], inputs: int, outputs: int, **kw: int
+        ) -> list[nn.Module]:
+            spatial = affine is nn.Conv2d
+            wanted = norm_in == "all" or norm_in == ("conv" if spatial else "fc")
+            normalize = norm(outputs, spatial) if wanted else nn.Identity()
+            bias = bias_before_norm or isinstance(normalize, nn.Identity)
+            layers = [affine(inputs, outputs, bias=bias, **kw), normalize, nn.Sigmoid()]
+            return layers if norm_position == "before_activation" else [layers[0], layers[2], layers[1]]
+
         side = _conv_out(image_size, 5, conv1_padding) // 2
         side = _conv_out(side, 5, 0) // 2
         super().__init__(
-            nn.Conv2d(in_channels, 6, kernel_size=5, padding=conv1_padding),
-            norm(6, True),
-            nn.Sigmoid(),
+            *block(nn.Conv2d, in_channels, 6, kernel_size=5, padding=conv1_padding),
             nn.AvgPool2d(kernel_size=2, stride=2),
-            nn.Conv2d(6, 16, kernel_size=5),
-            norm(16, True),
-            nn.Sigmoid(),
+            *block(nn.Conv2d, 6, 16, kernel_size=5),
             nn.AvgPool2d(kernel_size=2, stride=2),
             nn.Flatten(),
-            nn.Linear(16 * side * side, 120),
-            norm(120, False),
-            nn.Sigmoid(),
-            nn.Linear(120, 84),
-            norm(84, False),
-            nn.Sigmoid(),
+            *block(nn.Linear, 16 * side * side, 120),
+            *block(nn.Linear, 120, 84),
             nn.Linear(84, num_classes),
         )
         for module in self.modules():

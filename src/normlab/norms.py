@@ -8,148 +8,69 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
-import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
+
+from normlab.batch_norm import BatchNorm
+from normlab.batch_variants import BatchRenorm, GhostBatchNorm
 
 NormFactory = Callable[[int, bool], nn.Module]
-
-
-class _NormalizeBatch(torch.autograd.Function):
-    """Training-mode BN: y = (x - mean) / sqrt(var + eps) * weight + bias over ``dims``, with its gradient.
-
-    Forward is d2l's formula (two passes: mean, then the mean of squared deviations; ``torch.var``
-    over (N, H, W) is ~10x slower on CPU). Backward is the BN paper's closed form (Ioffe & Szegedy
-    2015, section 3), in per-channel sums::
-
-        dx = weight / sqrt(var + eps) * (dy - mean(dy) - x_hat * mean(dy * x_hat))
-
-    Autograd's chain through mean and var allocates a dozen full-size temporaries; this one, four,
-    which makes the scratch layer ~2x faster (``make bench`` reports the step time against native).
-    Also returns the batch mean and biased variance for the running statistics (no gradient).
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...], eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
-        mean = x.mean(dim=dims, keepdim=True)
-        centered = x - mean
-        var = (centered * centered).mean(dim=dims, keepdim=True)
-        invstd = torch.rsqrt(var + eps)
-        x_hat = centered.mul_(invstd)
-        ctx.save_for_backward(x_hat, invstd, weight)
-        ctx.dims = dims
-        mean, var = mean.view(-1), var.view(-1)
-        ctx.mark_non_differentiable(mean, var)
-        return (x_hat * weight.view(shape)).add_(bias.view(shape)), mean, var
-
-    @staticmethod
-    @once_differentiable
-    def backward(
-        ctx: Any, dy: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
-        x_hat, invstd, weight = ctx.saved_tensors
-        shape = invstd.shape
-        values_per_channel = dy.numel() // weight.numel()
-        dbias = dy.sum(dim=ctx.dims)
-        dweight = (dy * x_hat).sum(dim=ctx.dims)
-        scale = weight.view(shape) * invstd
-        dx = (dy * scale).sub_(scale * (dbias / values_per_channel).view(shape))
-        dx.addcmul_(x_hat, scale * (dweight / values_per_channel).view(shape), value=-1.0)
-        return dx, dweight, dbias, None, None
-
-
-class BatchNorm(nn.Module):
-    """Batch normalization written from scratch (d2l's algorithm, with d2l's bugs fixed).
-
-    Training: normalize with the batch mean and the *biased* batch variance, computed over N for
-    (N, C) inputs and over N, H, W per channel for (N, C, H, W) inputs, then scale and shift.
-    Evaluation: normalize with the moving averages instead.
-
-    Moving averages follow torch's convention, with ``m = momentum``::
-
-        running = (1 - m) * running + m * batch
-
-    d2l writes ``moving = 0.9 * moving + 0.1 * batch`` and calls 0.9 the momentum: the same rule,
-    so d2l's ``momentum=0.9`` is ``momentum=0.1`` here. ``momentum=None`` gives a cumulative
-    average (``m = 1 / num_batches_tracked``). Like torch, the running variance stores the
-    *unbiased* batch variance. Mode follows ``self.training`` (d2l reads grad mode instead), and
-    state lives in parameters and buffers named as torch names them, so state dicts interchange
-    with ``nn.BatchNorm1d/2d``.
-
-    Unlike ``nn.BatchNorm1d``, a training batch with one value per channel does not raise: the
-    output is then ``bias`` (x - mean is 0), which is exactly why BN learns nothing at batch
-    size 1 in FC layers. Its unbiased variance is undefined; the biased one (0) is stored.
-    """
-
-    def __init__(
-        self,
-        num_features: int,
-        spatial: bool,
-        momentum: float | None = 0.1,
-        eps: float = 1e-5,
-    ) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.spatial = spatial
-        self.momentum = momentum
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        expected_dim = 4 if self.spatial else 2
-        if x.dim() != expected_dim:
-            raise ValueError(
-                f"BatchNorm(spatial={self.spatial}) expects {expected_dim}-D input, got {x.dim()}-D"
-            )
-        shape = (1, -1, 1, 1) if self.spatial else (1, -1)
-        if self.training:
-            dims = (0, 2, 3) if self.spatial else (0,)
-            y, mean, var = _NormalizeBatch.apply(x, self.weight, self.bias, dims, self.eps)
-            self._update_running_stats(mean, var, values_per_channel=x.numel() // self.num_features)
-            return y
-        x_hat = (x - self.running_mean.view(shape)) * torch.rsqrt(self.running_var.view(shape) + self.eps)
-        return x_hat * self.weight.view(shape) + self.bias.view(shape)
-
-    @torch.no_grad()
-    def reset_running_stats(self) -> None:
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-        self.num_batches_tracked.zero_()
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, values_per_channel: int) -> None:
-        self.num_batches_tracked += 1
-        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        bessel = values_per_channel / max(values_per_channel - 1, 1)
-        self.running_mean.lerp_(mean.detach(), m)
-        self.running_var.lerp_(var.detach() * bessel, m)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, spatial={self.spatial}, momentum={self.momentum}, eps={self.eps}"
 
 
 def _identity(num_features: int, spatial: bool, momentum: float | None, eps: float) -> nn.Module:
     return nn.Identity()
 
 
-def _native(num_features: int, spatial: bool, momentum: float | None, eps: float) -> nn.Module:
+def _native(
+    num_features: int, spatial: bool, momentum: float | None, eps: float, affine: bool = True
+) -> nn.Module:
     layer = nn.BatchNorm2d if spatial else nn.BatchNorm1d
-    return layer(num_features, eps=eps, momentum=momentum)
+    return layer(num_features, eps=eps, momentum=momentum, affine=affine)
+
+
+def groups_for(num_features: int, num_groups: int) -> int:
+    """The largest divisor of ``num_features`` not above ``num_groups``: LeNet's 6 and 84 channels
+    take no 32 (the GN paper's default) or even 4 equal groups."""
+    return max(g for g in range(1, min(num_groups, num_features) + 1) if num_features % g == 0)
+
+
+def _group(
+    num_features: int, spatial: bool, momentum: float | None, eps: float, num_groups: int = 4
+) -> nn.Module:
+    """Group Norm (Wu & He 2018): statistics per sample over each group of channels (and H, W);
+    no batch statistics, so no momentum and no batch-size dependence. torch's layer."""
+    if num_groups < 1:
+        raise ValueError(f"group needs num_groups >= 1; got {num_groups}")
+    return nn.GroupNorm(groups_for(num_features, num_groups), num_features, eps=eps)
+
+
+def _layer(num_features: int, spatial: bool, momentum: float | None, eps: float) -> nn.Module:
+    """Layer Norm as the GN paper defines it for conv nets: one group over C, H, W, per-channel
+    gamma and beta (torch's ``nn.LayerNorm`` would learn one per element)."""
+    return nn.GroupNorm(1, num_features, eps=eps)
+
+
+def _variant(**fixed: object) -> Callable[..., nn.Module]:
+    """A registry entry: the scratch BatchNorm with some options fixed (d2l's exercises)."""
+
+    def build(
+        num_features: int, spatial: bool, momentum: float | None, eps: float, **options: object
+    ) -> nn.Module:
+        return BatchNorm(num_features, spatial, momentum, eps, **{**options, **fixed})
+
+    return build
 
 
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "none": _identity,
     "scratch": BatchNorm,
     "native": _native,
+    "group": _group,
+    "layer": _layer,
+    "batch_renorm": BatchRenorm,
+    "ghost": GhostBatchNorm,
+    "mean_only": _variant(scale=False),
+    "variance_only": _variant(center=False),
 }
 
 
