@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# Keys that say where results go, not what is computed: left out of the fingerprint.
-NOT_FINGERPRINTED = ("tracking", "checkpoint_dir", "force")
+# Keys that say where results go or how they are presented, not what is computed: left out of the
+# fingerprint (so adding such a key does not orphan the finished runs of every study).
+NOT_FINGERPRINTED = ("tracking", "checkpoint_dir", "force", "report")
 
 
 def tracking_uri(configured: str | None = None) -> str:

@@ -162,8 +162,11 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
         resume.remove_checkpoint(checkpoints, fingerprint)  # a stale one must not be resumed by this run
         run_id = tracking.start_run(client, cfg, overrides, device="pending", extra_tags=tags)
 
+    net = build_net(cfg)
+    # Trainable parameters: what removing the bias before BN or fixing gamma and beta saves.
+    client.set_tag(run_id, "parameters", str(sum(p.numel() for p in net.parameters() if p.requires_grad)))
     module = Classifier(
-        build_net(cfg),
+        net,
         optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)),
         batch_size=cfg.data.batch_size,
     )
