@@ -141,3 +141,45 @@ def test_missing_cells_give_no_finding() -> None:
         findings.evaluate(summary, pd.DataFrame(columns=["setup", "run_id", "metric", "epoch", "value"]))
         == []
     )
+
+
+def _by_batch(accuracies: dict[str, dict[int, float]]) -> pd.DataFrame:
+    return _summary(
+        [
+            {"norm": norm, "batch_size": float(batch), "val/acc mean": acc}
+            for norm, per_batch in accuracies.items()
+            for batch, acc in per_batch.items()
+        ]
+    )
+
+
+def test_f6_names_the_norms_within_a_point_down_to_batch_2() -> None:
+    flat = {2: 0.800, 4: 0.805, 8: 0.806, 16: 0.804, 256: 0.60}  # large batches undertrained: ignored
+    falling = {2: 0.60, 4: 0.75, 8: 0.80, 16: 0.81, 256: 0.70}
+    summary = _by_batch({"group": flat, "layer": flat, "scratch": falling, "native": falling})
+    finding = findings.small_batches_within_a_point(summary)
+    assert finding.verdict == "reproduced"
+    assert "within one point down to batch 2: group, layer" in finding.evidence
+    assert "scratch: best 0.810 at batch 16, 0.600 at batch 2" in finding.evidence
+    dip = {**flat, 4: 0.79}  # 1.6 points below the best on the way down
+    summary = _by_batch({"group": dip, "layer": flat, "scratch": falling})
+    finding = findings.small_batches_within_a_point(summary)
+    assert finding.verdict == "not reproduced" and "batch 2: layer" in finding.evidence
+    assert findings.small_batches_within_a_point(_by_batch({"scratch": falling, "none": flat})) is None
+
+
+def test_f7_calls_a_difference_only_beyond_noise() -> None:
+    summary = _summary(
+        [
+            {"norm": "scratch", "setup": "before", "val/acc mean": 0.85, "val/acc sd": 0.005, "n": 5},
+            {"norm": "scratch", "setup": "after", "val/acc mean": 0.83, "val/acc sd": 0.005, "n": 5},
+            {"norm": "scratch", "setup": "noisy", "val/acc mean": 0.80, "val/acc sd": 0.08, "n": 5},
+        ]
+    ).assign(parameters=[100, 90, 100])
+    finding = findings.against_baseline(summary, "Before or after?", "before")
+    assert finding.claim == "Before or after?"
+    assert finding.verdict == "against before: after: worse by 0.020; noisy: no difference beyond noise"
+    assert "before 0.850 ± 0.005 (n=5), 100 parameters (baseline)" in finding.evidence
+    assert "after 0.830 ± 0.005 (n=5), 90 parameters: -0.020 ± 0.006 (2 se)" in finding.evidence
+    assert findings.against_baseline(summary, "Before or after?", "missing") is None
+    assert findings.against_baseline(summary, None, "before") is None

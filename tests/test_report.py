@@ -104,3 +104,35 @@ def test_confidence_interval_is_clipped_to_accuracy_range() -> None:
     assert report._ci(0.331, 0.43) == "[0.000, 0.761]"
     assert report._ci(0.95, 0.1) == "[0.850, 1.000]"
     assert report._ci(0.5, math.nan) == "–"
+
+
+def test_a_rerun_cell_counts_once_latest_finished_first(store: str, tmp_path: Path) -> None:
+    _fill(store)
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("toy").experiment_id
+    tags = {"setup": "bn", "seed": "0", "git_commit": "b" * 40, "parameters": "42"}
+    again = client.create_run(experiment, tags=tags)
+    client.log_batch(again.info.run_id, metrics=[Metric("val/acc", 0.5, 0, 2)])
+    client.set_terminated(again.info.run_id, "FINISHED")
+    crashed = client.create_run(experiment, tags={**tags, "failure": "later, and failed"})
+    client.set_terminated(crashed.info.run_id, "FAILED")
+    runs = report.load_runs("toy", store)
+    bn = runs[runs["tags.setup"] == "bn"]
+    assert len(bn) == 3 and set(bn["tags.seed"]) == {"0", "1", "2"}
+    assert bn.loc[bn["tags.seed"] == "0", "run_id"].item() == again.info.run_id
+
+
+def test_question_and_parameter_counts_appear_when_set(store: str, tmp_path: Path) -> None:
+    _fill(store)
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("toy").experiment_id
+    for run in client.search_runs([experiment]):
+        client.set_tag(run.info.run_id, "parameters", "44878" if run.data.tags["setup"] == "bn" else "44652")
+        client.log_param(run.info.run_id, "report.question", "Does it matter?")
+        client.log_param(run.info.run_id, "report.baseline", "bn")
+    report.write("toy", store, out_dir=tmp_path)
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "**Question.** Does it matter?" in results
+    assert "| setup | n | parameters |" in results and "| bn | 3 | 44,878 |" in results
+    assert "**F7** — Does it matter?" in results and "against bn: plain:" in results
+    assert (tmp_path / "final_accuracy.png").stat().st_size > 5_000

@@ -170,12 +170,92 @@ def bn_allows_higher_lr(summary: pd.DataFrame) -> Finding | None:
     return Finding("F5", claim, evidence, verdict)
 
 
-def evaluate(summary: pd.DataFrame, history: pd.DataFrame) -> list[Finding]:
+def _within(summary: pd.DataFrame, norm: str) -> tuple[bool, str]:
+    """Whether ``norm`` stays within one point of its best mean test accuracy at every batch size
+    from its best one down to 2, and the numbers that say so."""
+    cells = summary[(summary["norm"] == norm) & (summary["batch_size"] >= 2)].dropna(subset=["val/acc mean"])
+    best = cells.loc[cells["val/acc mean"].idxmax()]
+    below = cells[cells["batch_size"] <= best["batch_size"]]
+    worst = below.loc[below["val/acc mean"].idxmin()]
+    at_two = cells.loc[cells["batch_size"] == 2, "val/acc mean"]
+    ok = best["val/acc mean"] - worst["val/acc mean"] <= MARGIN
+    shown_at_two = f"{at_two.iloc[0]:.3f}" if len(at_two) else "–"
+    text = (
+        f"{norm}: best {best['val/acc mean']:.3f} at batch {best['batch_size']:g}, "
+        f"{shown_at_two} at batch 2, lowest on the way down "
+        f"{worst['val/acc mean']:.3f} at batch {worst['batch_size']:g}"
+    )
+    return ok, text
+
+
+NO_BATCH_STATISTICS = ("group", "layer")
+
+
+def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
+    """F6 (the GN paper): which norms stay within one point of their best test accuracy at every
+    batch size from their best one down to 2; GN and LN should, BN should not."""
+    if summary["batch_size"].nunique() < 4 or 2 not in set(summary["batch_size"]):
+        return None
+    norms = [n for n in summary["norm"].unique() if n != "none"]
+    if not set(norms) & set(NO_BATCH_STATISTICS) or not set(norms) & set(BN_NORMS):
+        return None
+    results = {norm: _within(summary, norm) for norm in norms}
+    kept = [norm for norm, (ok, _) in results.items() if ok]
+    evidence = "; ".join(text for _, text in results.values())
+    evidence += f" — within one point down to batch 2: {', '.join(kept) or 'none of them'}"
+    expected = all(results[n][0] for n in NO_BATCH_STATISTICS if n in results) and not any(
+        results[n][0] for n in BN_NORMS if n in results
+    )
+    claim = "group and layer norm stay within 1 point of their best accuracy down to batch 2; BN does not"
+    return Finding("F6", claim, evidence, "reproduced" if expected else "not reproduced")
+
+
+def against_baseline(summary: pd.DataFrame, question: str | None, baseline: str | None) -> Finding | None:
+    """F7: each setup against the study's baseline setup: the difference in mean test accuracy,
+    called a difference only beyond two standard errors (Welch) and one point."""
+    if not question or not baseline or baseline not in set(summary["setup"]):
+        return None
+    base = summary[summary["setup"] == baseline].iloc[0]
+    parts, answers = [], []
+    counted = summary["parameters"].notna().all() and summary["parameters"].nunique() > 1
+    for row in summary.to_dict("records"):
+        shown = f"{row['setup']} {_fmt(row['val/acc mean'], row['val/acc sd'], row['n'])}"
+        shown += f", {row['parameters']:,.0f} parameters" if counted else ""
+        if row["setup"] == baseline or row["n"] == 0:
+            parts.append(shown + (" (baseline)" if row["setup"] == baseline else ""))
+            continue
+        diff = row["val/acc mean"] - base["val/acc mean"]
+        se = math.sqrt(
+            sum(
+                (sd**2) / n
+                for sd, n in ((row["val/acc sd"], row["n"]), (base["val/acc sd"], base["n"]))
+                if n > 1
+            )
+        )
+        beyond = abs(diff) > max(2 * se, MARGIN)
+        parts.append(f"{shown}: {diff:+.3f} ± {2 * se:.3f} (2 se)")
+        judged = (
+            f"{'better' if diff > 0 else 'worse'} by {abs(diff):.3f}"
+            if beyond
+            else "no difference beyond noise"
+        )
+        answers.append(f"{row['setup']}: {judged}")
+    verdict = f"against {baseline}: " + "; ".join(answers)
+    return Finding("F7", question, "; ".join(parts), verdict)
+
+
+def evaluate(
+    summary: pd.DataFrame, history: pd.DataFrame, question: str | None = None, baseline: str | None = None
+) -> list[Finding]:
+    """Every check whose cells the study has; ``question`` and ``baseline`` come from the study's
+    ``report`` config."""
     checks = [
         converges_faster(summary, history),
         batch_size_matters_more_with_bn(summary),
         batch_one_learns_nothing(summary),
         precise_bn_narrows_spread(summary),
         bn_allows_higher_lr(summary),
+        small_batches_within_a_point(summary),
+        against_baseline(summary, question, baseline),
     ]
     return [finding for finding in checks if finding is not None]

@@ -51,7 +51,15 @@ def load_runs(study: str, uri: str | None = None) -> pd.DataFrame:
         runs = runs[~runs["tags.kind"].isin(["summary", "sweep"])]
     if runs.empty:
         raise ReportError(f"experiment {study!r} has no runs yet; run: make sweep EXP={study}")
-    return runs.reset_index(drop=True)
+    return latest_per_cell(runs).reset_index(drop=True)
+
+
+def latest_per_cell(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per (setup, seed): the latest FINISHED one, else the latest. A study rerun after a
+    config change (or with force=true) would otherwise count a seed twice."""
+    finished = (runs["status"] == "FINISHED").astype(int)
+    order = runs.assign(_finished=finished).sort_values(["_finished", "start_time"], ascending=False)
+    return order.drop_duplicates(["tags.setup", "tags.seed"]).drop(columns="_finished").sort_index()
 
 
 def _column(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -95,6 +103,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             + int(_column(failed, "tags.failure").astype(str).str.startswith("Diverged").sum()),
             "failure": "; ".join(sorted(set(_column(failed, "tags.failure").dropna().astype(str)))),
             "seeds": ",".join(sorted(finished["tags.seed"].astype(str), key=int)),
+            "parameters": pd.to_numeric(_column(group, "tags.parameters"), errors="coerce").max(),
         }
         for metric in METRICS:
             values = pd.to_numeric(_column(finished, f"metrics.{metric}"), errors="coerce").dropna()
@@ -137,14 +146,16 @@ def markdown_table(summary: pd.DataFrame) -> str:
     of val/acc, and why cells failed."""
     metrics = present_metrics(summary)
     with_reference = [m for m in metrics if m in REFERENCES and summary[f"{m} d2l"].notna().any()]
-    head = ["setup", "n"]
+    # Trainable parameters, where setups differ in them (bias removed, gamma and beta fixed).
+    counted = summary["parameters"].notna().all() and summary["parameters"].nunique() > 1
+    head = ["setup", "n"] + (["parameters"] if counted else [])
     for metric in metrics:
         head += [metric] + (["d2l"] if metric in with_reference else [])
         head += ["val/acc 95% CI"] if metric == "val/acc" else []
     head += ["notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary.to_dict("records"):
-        cells = [row["setup"], str(row["n"])]
+        cells = [row["setup"], str(row["n"])] + ([f"{row['parameters']:,.0f}"] if counted else [])
         for metric in metrics:
             cells.append(_cell(row[f"{metric} mean"], row[f"{metric} sd"]))
             cells += [_published(row[f"{metric} d2l"])] if metric in with_reference else []
@@ -228,6 +239,13 @@ TABLE_NOTE = (
 )
 
 
+def latest_param(runs: pd.DataFrame, key: str) -> str | None:
+    """A param as the study's latest run recorded it (None where unset)."""
+    values = _column(runs.sort_values("start_time"), f"params.{key}").dropna().astype(str)
+    values = values[values != "None"]
+    return values.iloc[-1] if len(values) else None
+
+
 def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd.DataFrame:
     """Write RESULTS.md, results.csv and plots for ``study`` and log them to its summary run."""
     runs = load_runs(study, uri)
@@ -236,12 +254,16 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
     out_dir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out_dir / "results.csv", index=False)
     history = curves(runs, uri)
-    sections = [header(study, runs), "", TABLE_NOTE, "", markdown_table(summary)]
+    question = latest_param(runs, "report.question")
+    sections = [header(study, runs), *(["", f"**Question.** {question}"] if question else [])]
+    sections += ["", TABLE_NOTE, "", markdown_table(summary)]
 
     figures = plots.draw_all(summary, history, out_dir, present_metrics(summary))
     sections += [f"\n![{title}]({path.name})" for title, path in figures]
 
-    found = findings.evaluate(summary, history)
+    found = findings.evaluate(
+        summary, history, latest_param(runs, "report.question"), latest_param(runs, "report.baseline")
+    )
     if found:
         sections += ["", "## Findings", "", "Verdicts computed from the numbers above.", ""]
         sections += [f"- **{f.name}** — {f.claim}: {f.evidence} → **{f.verdict}**" for f in found]
