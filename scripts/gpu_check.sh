@@ -47,7 +47,10 @@ out = Path(sys.argv[1])
 client = MlflowClient()
 for per_gpu in (1, 4):
     experiment = client.get_experiment_by_name(f"gpu_check_{per_gpu}")
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'cell'") if experiment else []
+    gpu = [r.data.metrics.get("system/gpu_0_utilization_percentage") for r in runs]
+    print(f"jobs_per_gpu={per_gpu}: system/gpu_0_utilization_percentage (MLflow's monitor, last sample) "
+          f"logged by {sum(v is not None for v in gpu)}/{len(runs)} runs")
     rates = [r.data.metrics.get("perf/samples_per_s", float("nan")) for r in runs]
     finished = sum(r.info.status == "FINISHED" for r in runs)
     print(f"jobs_per_gpu={per_gpu}: {finished}/{len(runs)} runs finished, per-run samples/s "
