@@ -10,7 +10,7 @@ from torch import nn
 
 from normlab.batch_variants import BatchRenorm, GhostBatchNorm
 from normlab.norms import BatchNorm, build_norm, groups_for
-from tests.test_norms import TOL, _input
+from tests.norm_checks import TOL, make_input, same_training_steps
 
 SHAPES = [False, True]  # spatial: (N, C) FC inputs and (N, C, H, W) conv inputs
 MOMENTA = [0.1, 0.5, None]
@@ -26,34 +26,6 @@ def _affine(*layers: nn.Module) -> None:
         for layer in layers:
             layer.weight.copy_(weight)
             layer.bias.copy_(bias)
-
-
-def _same_training_steps(ours: nn.Module, reference, spatial: bool, batch: int, steps: int = 4) -> None:
-    """Outputs, input and affine gradients, and moving statistics agree step by step, then in eval.
-
-    ``reference`` is a module, or a function of the input standing in for one.
-    """
-    channels = ours.weight.numel()
-    for step in range(steps):
-        x = _input(batch, channels, spatial, step)
-        x_ours, x_reference = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y_ours, y_reference = ours(x_ours), reference(x_reference)
-        torch.testing.assert_close(y_ours, y_reference, **TOL)
-        upstream = torch.randn_like(y_ours, generator=torch.Generator().manual_seed(step))
-        (y_ours * upstream).sum().backward()
-        (y_reference * upstream).sum().backward()
-        torch.testing.assert_close(x_ours.grad, x_reference.grad, **TOL)
-        if isinstance(reference, nn.Module):
-            for name in ("weight", "bias"):
-                if isinstance(getattr(ours, name), nn.Parameter):
-                    torch.testing.assert_close(getattr(ours, name).grad, getattr(reference, name).grad, **TOL)
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                if hasattr(reference, name):
-                    torch.testing.assert_close(getattr(ours, name), getattr(reference, name), **TOL)
-    if isinstance(reference, nn.Module):
-        ours.eval(), reference.eval()
-        x = _input(batch, channels, spatial, 99)
-        torch.testing.assert_close(ours(x), reference(x), **TOL)
 
 
 def _native_bn(channels: int, spatial: bool, momentum: float | None, affine: bool = True) -> nn.Module:
@@ -84,9 +56,9 @@ def test_group_norm_equals_the_papers_formula(spatial: bool, batch: int, num_gro
     assert layer.num_groups == num_groups  # 6 channels: each of these divides it
     if not spatial and num_groups == 6 and batch == 1:  # one value per group: nothing to normalize
         with pytest.raises(ValueError, match="Expected more than 1 value"):
-            layer(_input(batch, 6, spatial, 0))
+            layer(make_input(batch, 6, spatial, 0))
         return
-    _same_training_steps(
+    same_training_steps(
         layer, lambda x: _group_norm_formula(x, num_groups, layer.weight, layer.bias), spatial, batch
     )
 
@@ -102,14 +74,14 @@ def test_layer_norm_is_one_group_over_c_h_w(spatial: bool) -> None:
     ) -> torch.Tensor:  # torch's layer_norm over all but N, then per-channel affine
         return F.layer_norm(x, x.shape[1:], eps=1e-5) * layer.weight.view(view) + layer.bias.view(view)
 
-    _same_training_steps(layer, reference, spatial, batch=4)
+    same_training_steps(layer, reference, spatial, batch=4)
 
 
 def test_group_and_layer_norm_do_not_mix_samples() -> None:
     """No batch statistics: a sample's output is the same alone as in any batch, in train and eval."""
     for kind in ("group", "layer"):
         layer = build_norm(kind, 16, True).double()
-        x = _input(8, 16, True, 0)
+        x = make_input(8, 16, True, 0)
         torch.testing.assert_close(layer(x)[3:4], layer(x[3:4]), **TOL)
 
 
@@ -128,7 +100,7 @@ def test_batch_renorm_with_r_max_1_and_d_max_0_is_batch_norm(spatial: bool, mome
     ours = build_norm("batch_renorm", 6, spatial, momentum=momentum, r_max=1.0, d_max=0.0).double()
     native = _native_bn(6, spatial, momentum)
     _affine(ours, native)
-    _same_training_steps(ours, native, spatial, batch)
+    same_training_steps(ours, native, spatial, batch)
 
 
 @pytest.mark.parametrize("spatial", SHAPES, ids=["fc", "conv"])
@@ -139,7 +111,7 @@ def test_batch_renorm_unclipped_trains_on_the_moving_statistics(spatial: bool) -
     layer = build_norm("batch_renorm", 6, spatial, r_max=1e6, d_max=1e6).double()
     _affine(layer)
     for step in range(3):
-        x = _input(8, 6, spatial, step).requires_grad_()
+        x = make_input(8, 6, spatial, step).requires_grad_()
         layer.eval()
         expected = layer(x).detach()
         dims, view = ((0, 2, 3), (1, -1, 1, 1)) if spatial else ((0,), (1, -1))
@@ -183,7 +155,7 @@ def test_ghost_with_a_virtual_batch_at_least_the_batch_is_batch_norm(
     ours = build_norm("ghost", 6, spatial, momentum=momentum, virtual_batch_size=virtual).double()
     native = _native_bn(6, spatial, momentum)
     _affine(ours, native)
-    _same_training_steps(ours, native, spatial, batch)
+    same_training_steps(ours, native, spatial, batch)
 
 
 @pytest.mark.parametrize("spatial", SHAPES, ids=["fc", "conv"])
@@ -199,7 +171,7 @@ def test_ghost_normalizes_each_virtual_batch_as_batch_norm_would(
     _affine(ours, native)
     dims = (0, 2, 3) if spatial else (0,)
     for step in range(3):
-        x = _input(batch, 6, spatial, step)
+        x = make_input(batch, 6, spatial, step)
         chunks = x.split(virtual)
         expected_mean = (1 - momentum) * ours.running_mean + momentum * torch.stack(
             [c.mean(dim=dims) for c in chunks]
@@ -228,7 +200,7 @@ def test_ghost_affine_gradients_sum_over_virtual_batches() -> None:
     ours = GhostBatchNorm(6, True, virtual_batch_size=4).double()
     chunks = [_native_bn(6, True, 0.1) for _ in range(3)]
     _affine(ours, *chunks)
-    x = _input(12, 6, True, 0)
+    x = make_input(12, 6, True, 0)
     ours(x).pow(2).sum().backward()
     for chunk, part in zip(chunks, x.split(4), strict=True):
         chunk(part).pow(2).sum().backward()
@@ -252,7 +224,7 @@ def test_lite_norms_remove_only_the_mean_or_only_the_variance(spatial: bool, kin
         return normalized * ours.weight.view(view) + ours.bias.view(view)
 
     for step in range(3):
-        x = _input(8, 6, spatial, step).requires_grad_()
+        x = make_input(8, 6, spatial, step).requires_grad_()
         mean, var = x.mean(dim=dims, keepdim=True), x.var(dim=dims, unbiased=False, keepdim=True)
         expected = formula(x, mean, var)
         y = ours(x)
@@ -264,7 +236,7 @@ def test_lite_norms_remove_only_the_mean_or_only_the_variance(spatial: bool, kin
         torch.testing.assert_close(ours.running_mean, native.running_mean, **TOL)
         torch.testing.assert_close(ours.running_var, native.running_var, **TOL)
     ours.eval()
-    x = _input(8, 6, spatial, 99)
+    x = make_input(8, 6, spatial, 99)
     running = (ours.running_mean.view(view), ours.running_var.view(view))
     torch.testing.assert_close(ours(x), formula(x, *running), **TOL)
 
@@ -277,7 +249,7 @@ def test_fixed_affine_equals_torch_affine_false(spatial: bool, batch: int) -> No
     assert not list(ours.parameters()) and ours.state_dict().keys() == native.state_dict().keys()
     channels = 6
     for step in range(3):
-        x = _input(batch, channels, spatial, step)
+        x = make_input(batch, channels, spatial, step)
         x_ours, x_native = x.clone().requires_grad_(), x.clone().requires_grad_()
         y_ours, y_native = ours(x_ours), native(x_native)
         torch.testing.assert_close(y_ours, y_native, **TOL)

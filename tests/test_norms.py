@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from normlab.norms import NORMS, BatchNorm, build_norm
+from tests.norm_checks import TOL, make_input, same_training_steps
 
 MOMENTA = [0.01, 0.1, 0.5, 0.9, 1.0, None]
 BATCH_SIZES = [2, 3, 8, 17, 64]
-TOL = dict(rtol=0, atol=1e-10)
 
 
 def _pair(spatial: bool, channels: int, momentum: float | None) -> tuple[nn.Module, nn.Module]:
@@ -25,43 +25,19 @@ def _pair(spatial: bool, channels: int, momentum: float | None) -> tuple[nn.Modu
     return scratch, native
 
 
-def _input(batch: int, channels: int, spatial: bool, step: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1000 * batch + step)
-    shape = (batch, channels, 5, 4) if spatial else (batch, channels)
-    # An offset and scale per channel, so that the statistics are far from 0 and 1.
-    view = (1, channels, 1, 1) if spatial else (1, channels)
-    offset = torch.linspace(-3, 3, channels, dtype=torch.float64).view(view)
-    return torch.randn(shape, generator=generator, dtype=torch.float64) * 2.5 + offset
-
-
 @pytest.mark.parametrize("spatial", [False, True], ids=["fc", "conv"])
 @pytest.mark.parametrize("momentum", MOMENTA)
 @pytest.mark.parametrize("batch", BATCH_SIZES)
 def test_scratch_equals_native(spatial: bool, momentum: float | None, batch: int) -> None:
     channels = 6
     scratch, native = _pair(spatial, channels, momentum)
-    for step in range(4):  # several updates, so the running averages' rule is exercised
-        x = _input(batch, channels, spatial, step)
-        x_scratch, x_native = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y_scratch, y_native = scratch(x_scratch), native(x_native)
-        torch.testing.assert_close(y_scratch, y_native, **TOL)
-        upstream = torch.randn_like(y_native, generator=torch.Generator().manual_seed(step))
-        (y_scratch * upstream).sum().backward()
-        (y_native * upstream).sum().backward()
-        torch.testing.assert_close(x_scratch.grad, x_native.grad, **TOL)
-        torch.testing.assert_close(scratch.weight.grad, native.weight.grad, **TOL)
-        torch.testing.assert_close(scratch.bias.grad, native.bias.grad, **TOL)
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            torch.testing.assert_close(getattr(scratch, name), getattr(native, name), **TOL)
-    scratch.eval(), native.eval()
-    x = _input(batch, channels, spatial, 99)
-    torch.testing.assert_close(scratch(x), native(x), **TOL)
+    same_training_steps(scratch, native, spatial, batch)
 
 
 def test_running_stats_follow_the_documented_rule() -> None:
     """An independent formula: running = (1 - m) running + m batch, unbiased variance stored."""
     layer = BatchNorm(3, spatial=False, momentum=0.3).double()
-    x = _input(10, 3, False, 0)
+    x = make_input(10, 3, False, 0)
     layer(x)
     expected_mean = 0.7 * 0.0 + 0.3 * x.mean(0)
     expected_var = 0.7 * 1.0 + 0.3 * x.var(0, unbiased=True)
@@ -71,7 +47,7 @@ def test_running_stats_follow_the_documented_rule() -> None:
 
 def test_cumulative_average_when_momentum_is_none() -> None:
     layer = BatchNorm(2, spatial=True, momentum=None).double()
-    batches = [_input(4, 2, True, step) for step in range(5)]
+    batches = [make_input(4, 2, True, step) for step in range(5)]
     for x in batches:
         layer(x)
     means = torch.stack([x.mean((0, 2, 3)) for x in batches])
@@ -81,7 +57,7 @@ def test_cumulative_average_when_momentum_is_none() -> None:
 def test_mode_follows_training_flag_not_grad_mode() -> None:
     """d2l's layer uses batch statistics whenever grad is off; ours uses running ones in eval only."""
     layer = BatchNorm(3, spatial=False).double()
-    x = _input(8, 3, False, 0)
+    x = make_input(8, 3, False, 0)
     with torch.no_grad():
         y_train = layer(x)  # train mode under no_grad: still batch statistics
     torch.testing.assert_close(y_train.mean(0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-12)
@@ -95,13 +71,13 @@ def test_mode_follows_training_flag_not_grad_mode() -> None:
 def test_state_dicts_interchange(spatial: bool) -> None:
     scratch, native = _pair(spatial, 4, 0.1)
     for step in range(3):
-        scratch(_input(8, 4, spatial, step))
+        scratch(make_input(8, 4, spatial, step))
     assert scratch.state_dict().keys() == native.state_dict().keys()
     native.load_state_dict(scratch.state_dict())
     back = BatchNorm(4, spatial).double()
     back.load_state_dict(native.state_dict())
     scratch.eval(), native.eval(), back.eval()
-    x = _input(5, 4, spatial, 7)
+    x = make_input(5, 4, spatial, 7)
     torch.testing.assert_close(native(x), scratch(x), **TOL)
     torch.testing.assert_close(back(x), scratch(x), **TOL)
 
