@@ -156,7 +156,7 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
     if plan.action == "resume":
         run_id = plan.run_id
         client.update_run(run_id, status="RUNNING")
-        for key, value in tracking.process_tags().items():
+        for key, value in {**tracking.process_tags(), "status": "running"}.items():
             client.set_tag(run_id, key, value)
     else:
         resume.remove_checkpoint(checkpoints, fingerprint)  # a stale one must not be resumed by this run
