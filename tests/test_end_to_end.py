@@ -106,13 +106,22 @@ def test_linear_lr_scaling(compose_config, store: str) -> None:
     assert effective_lr(compose_config(["optimizer.lr=1.0", "data.batch_size=64"])) == 1.0
 
 
-@pytest.mark.parametrize("study", ["batch_size", "momentum", "lr"])
-def test_each_sensitivity_study_runs_one_cell(study: str, compose_config, store: str) -> None:
-    cell = {
-        "batch_size": ["data.batch_size=8", "norm=scratch"],
-        "momentum": ["norm.momentum=null", "norm=native"],
-        "lr": ["optimizer.lr=3", "norm=native"],
-    }[study]
+# One cell of each study, off its default grid point where the study varies something new.
+STUDY_CELLS = {
+    "batch_size": ["data.batch_size=8", "norm=ghost", "norm.virtual_batch_size=4"],
+    "momentum": ["norm.momentum=null", "norm=native"],
+    "lr": ["optimizer.lr=3", "norm=native"],
+    "placement": ["model.norm_position=after_activation"],
+    "where": ["model.norm_in=fc"],
+    "bias": ["model.bias_before_norm=false"],
+    "lite": ["norm=variance_only"],
+    "frozen_affine": ["norm=native", "norm.affine=false"],
+}
+
+
+@pytest.mark.parametrize("study", list(STUDY_CELLS))
+def test_each_study_runs_one_cell(study: str, compose_config, store: str) -> None:
+    cell = STUDY_CELLS[study]
     cfg = compose_config(
         [
             f"experiment={study}",
@@ -128,3 +137,8 @@ def test_each_sensitivity_study_runs_one_cell(study: str, compose_config, store:
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name(study).experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["study"] == study
+    # BN-LeNet: 44,878 trainable parameters; less one bias per normalized channel (6+16+120+84 = 226)
+    # without the bias before BN, less gamma and beta (2 x 226) with them fixed, less the conv layers'
+    # gamma and beta (2 x 22) with BN in the FC layers only.
+    expected = {"bias": 44_878 - 226, "frozen_affine": 44_878 - 2 * 226, "where": 44_878 - 2 * 22}
+    assert run.data.tags["parameters"] == str(expected.get(study, 44_878))
