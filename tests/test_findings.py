@@ -178,8 +178,14 @@ def test_f7_calls_a_difference_only_beyond_noise() -> None:
     ).assign(parameters=[100, 90, 100])
     finding = findings.against_baseline(summary, "Before or after?", "before")
     assert finding.claim == "Before or after?"
-    assert finding.verdict == "against before: after: worse by 0.020; noisy: no difference beyond noise"
-    assert "before 0.850 ± 0.005 (n=5), 100 parameters (baseline)" in finding.evidence
+    assert (
+        finding.verdict == "against before, val/acc: after worse by 0.020; noisy no difference beyond noise"
+    )
+    assert "val/acc: before 0.850 ± 0.005 (n=5), 100 parameters (baseline)" in finding.evidence
     assert "after 0.830 ± 0.005 (n=5), 90 parameters: -0.020 ± 0.006 (2 se)" in finding.evidence
+    # With PreciseBN numbers for every setup, the verdict is given for them too.
+    precise = summary.assign(**{"val/acc_precise mean": [0.85, 0.85, 0.87], "val/acc_precise sd": 0.005})
+    verdict = findings.against_baseline(precise, "Before or after?", "before").verdict
+    assert verdict.endswith("| val/acc_precise: after no difference beyond noise; noisy better by 0.020")
     assert findings.against_baseline(summary, "Before or after?", "missing") is None
     assert findings.against_baseline(summary, None, "before") is None

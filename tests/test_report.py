@@ -134,5 +134,5 @@ def test_question_and_parameter_counts_appear_when_set(store: str, tmp_path: Pat
     results = (tmp_path / "RESULTS.md").read_text()
     assert "**Question.** Does it matter?" in results
     assert "| setup | n | parameters |" in results and "| bn | 3 | 44,878 |" in results
-    assert "**F7** — Does it matter?" in results and "against bn: plain:" in results
+    assert "**F7** — Does it matter?" in results and "against bn, val/acc: plain" in results
     assert (tmp_path / "final_accuracy.png").stat().st_size > 5_000
