@@ -187,5 +187,10 @@ def test_f7_calls_a_difference_only_beyond_noise() -> None:
     precise = summary.assign(**{"val/acc_precise mean": [0.85, 0.85, 0.87], "val/acc_precise sd": 0.005})
     verdict = findings.against_baseline(precise, "Before or after?", "before").verdict
     assert verdict.endswith("| val/acc_precise: after no difference beyond noise; noisy better by 0.020")
+    # A setup without BN has no PreciseBN figure: left out of that verdict only.
+    precise.loc[precise["setup"] == "noisy", "val/acc_precise mean"] = math.nan
+    verdict = findings.against_baseline(precise, "Before or after?", "before").verdict
+    assert verdict.endswith("| val/acc_precise: after no difference beyond noise")
+    assert "noisy no difference beyond noise |" in verdict
     assert findings.against_baseline(summary, "Before or after?", "missing") is None
     assert findings.against_baseline(summary, None, "before") is None

@@ -218,6 +218,8 @@ def _against(summary: pd.DataFrame, base: pd.Series, metric: str, counted: bool)
         mean, sd, n = row[f"{metric} mean"], row[f"{metric} sd"], row["n"]
         shown = f"{row['setup']} {_fmt(mean, sd, n)}"
         shown += f", {row['parameters']:,.0f} parameters" if counted else ""
+        if math.isnan(mean):  # no BN layer, so no PreciseBN figure
+            continue
         if row["setup"] == base["setup"] or n == 0:
             parts.append(shown + (" (baseline)" if row["setup"] == base["setup"] else ""))
             continue
@@ -237,14 +239,16 @@ def _against(summary: pd.DataFrame, base: pd.Series, metric: str, counted: bool)
 
 def against_baseline(summary: pd.DataFrame, question: str | None, baseline: str | None) -> Finding | None:
     """F7: each setup against the study's baseline setup, in mean test accuracy with the moving
-    statistics (``val/acc``) and, where every setup has BN, with PreciseBN statistics, whose
+    statistics (``val/acc``) and, for the setups with BN, with PreciseBN statistics, whose
     seed-to-seed spread is smaller (F4). A difference counts beyond two standard errors and one point."""
     if not question or not baseline or baseline not in set(summary["setup"]):
         return None
     base = summary[summary["setup"] == baseline].iloc[0]
     counted = summary["parameters"].notna().all() and summary["parameters"].nunique() > 1
-    trained = summary[summary["n"] > 0]
-    metrics = ["val/acc"] + (["val/acc_precise"] if trained["val/acc_precise mean"].notna().all() else [])
+    precise = summary.loc[summary["setup"] != baseline, "val/acc_precise mean"].notna().any()
+    metrics = ["val/acc"] + (
+        ["val/acc_precise"] if precise and not math.isnan(base["val/acc_precise mean"]) else []
+    )
     evidence, verdicts = [], []
     for metric in metrics:
         parts, answer = _against(summary, base, metric, counted and metric == "val/acc")
