@@ -108,23 +108,30 @@ def plot_against(summary: pd.DataFrame, swept: str, metrics: list[str], path: Pa
 
 
 def plot_setups(summary: pd.DataFrame, path: Path) -> None:
-    """Final test accuracy per setup: a bar at the mean, the 95% CI of the mean as a whisker."""
-    rows = summary.dropna(subset=["val/acc mean"]).iloc[::-1]  # the table's first setup on top
-    fig, axis = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.4))
+    """Final test accuracy per setup: a bar at the mean with the 95% CI of the mean as a whisker,
+    and PreciseBN's mean as a diamond where the setup has BN."""
+    rows = summary.dropna(subset=["val/acc mean"]).iloc[::-1].reset_index(drop=True)  # first on top
+    fig, axis = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.6))
+    ci = rows["val/acc ci95"].fillna(0.0)
     axis.barh(
         rows["setup"],
         rows["val/acc mean"],
-        xerr=rows["val/acc ci95"].fillna(0.0),
+        xerr=ci,
         color="tab:blue",
-        alpha=0.75,
+        alpha=0.6,
         capsize=4,
+        label="val/acc (moving statistics)",
     )
+    precise = rows["val/acc_precise mean"]
+    if precise.notna().any():
+        axis.plot(precise, rows.index, "D", color="black", markersize=6, label="val/acc_precise (PreciseBN)")
+    low = max(0.0, float(pd.concat([rows["val/acc mean"] - ci, precise]).min()) - 0.05)
     for y, (mean, n) in enumerate(zip(rows["val/acc mean"], rows["n"], strict=True)):
-        axis.text(mean, y, f" {mean:.3f} (n={n})", va="center", ha="left", fontsize=8)
-    low = max(0.0, float((rows["val/acc mean"] - rows["val/acc ci95"].fillna(0.0)).min()) - 0.05)
-    axis.set_xlim(low, min(1.0, float(rows["val/acc mean"].max()) + 0.08))
-    axis.set_xlabel("final test accuracy (val/acc): mean and 95% CI over seeds")
+        axis.text(low + 0.003, y, f"{mean:.3f} (n={n})", va="center", ha="left", fontsize=8, color="white")
+    axis.set_xlim(low, min(1.0, float(pd.concat([rows["val/acc mean"] + ci, precise]).max()) + 0.02))
+    axis.set_xlabel("final test accuracy: mean and 95% CI over seeds")
     axis.grid(alpha=0.3, axis="x")
+    axis.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
