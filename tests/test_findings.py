@@ -165,6 +165,9 @@ def test_f6_names_the_norms_within_a_point_down_to_batch_2() -> None:
     summary = _by_batch({"group": dip, "layer": flat, "scratch": falling})
     finding = findings.small_batches_within_a_point(summary)
     assert finding.verdict == "not reproduced" and "batch 2: layer" in finding.evidence
+    rising = {2: 0.71, 4: 0.70, 8: 0.69, 256: 0.15}  # best at batch 2: within by construction, and said so
+    finding = findings.small_batches_within_a_point(_by_batch({"group": rising, "scratch": falling}))
+    assert "group: best 0.710 at batch 2 itself" in finding.evidence and finding.verdict == "reproduced"
     assert findings.small_batches_within_a_point(_by_batch({"scratch": falling, "none": flat})) is None
 
 

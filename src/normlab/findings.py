@@ -179,6 +179,8 @@ def _within(summary: pd.DataFrame, norm: str) -> tuple[bool, str]:
     worst = below.loc[below["val/acc mean"].idxmin()]
     at_two = cells.loc[cells["batch_size"] == 2, "val/acc mean"]
     ok = best["val/acc mean"] - worst["val/acc mean"] <= MARGIN
+    if best["batch_size"] == 2:  # nothing below its best: accuracy still rises as batches shrink
+        return ok, f"{norm}: best {best['val/acc mean']:.3f} at batch 2 itself"
     shown_at_two = f"{at_two.iloc[0]:.3f}" if len(at_two) else "–"
     text = (
         f"{norm}: best {best['val/acc mean']:.3f} at batch {best['batch_size']:g}, "
