@@ -247,7 +247,7 @@ def latest_param(runs: pd.DataFrame, key: str) -> str | None:
 
 
 def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd.DataFrame:
-    """Write RESULTS.md, results.csv and plots for ``study`` and log them to its summary run."""
+    """Write RESULTS.md, results.csv and plots for ``study`` and log them to its latest sweep."""
     runs = load_runs(study, uri)
     summary = summarize(runs)
     out_dir = out_dir or PROJECT_ROOT / "experiments" / study
@@ -261,9 +261,7 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
     figures = plots.draw_all(summary, history, out_dir, present_metrics(summary))
     sections += [f"\n![{title}]({path.name})" for title, path in figures]
 
-    found = findings.evaluate(
-        summary, history, latest_param(runs, "report.question"), latest_param(runs, "report.baseline")
-    )
+    found = findings.evaluate(summary, history, question, latest_param(runs, "report.baseline"))
     if found:
         sections += ["", "## Findings", "", "Verdicts computed from the numbers above.", ""]
         sections += [f"- **{f.name}** — {f.claim}: {f.evidence} → **{f.verdict}**" for f in found]
