@@ -56,6 +56,12 @@ class _NormalizeBatch(torch.autograd.Function):
         return dx, dweight, dbias, None, None
 
 
+def batch_statistics(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance over ``dims`` (kept, for broadcasting), differentiable by autograd."""
+    mean = x.mean(dim=dims, keepdim=True)
+    return mean, (x - mean).pow(2).mean(dim=dims, keepdim=True)
+
+
 class BatchNorm(nn.Module):
     """Batch normalization written from scratch (d2l's algorithm, with d2l's bugs fixed).
 
@@ -134,8 +140,7 @@ class BatchNorm(nn.Module):
         if self.center and self.scale:
             y, mean, var = _NormalizeBatch.apply(x, self.weight, self.bias, dims, self.eps)
         else:  # mean-only or variance-only (d2l's exercise): autograd's gradient is fast enough here
-            mean = x.mean(dim=dims, keepdim=True)
-            var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
+            mean, var = batch_statistics(x, dims)
             y = self._normalize(x, mean, var)
         self._track(mean.view(-1), var.view(-1), values_per_channel=x.numel() // self.num_features)
         return y

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from normlab.batch_norm import BatchNorm, _NormalizeBatch
+from normlab.batch_norm import BatchNorm, _NormalizeBatch, batch_statistics
 
 
 class BatchRenorm(BatchNorm):
@@ -58,8 +58,7 @@ class BatchRenorm(BatchNorm):
         dims, shape = self._layout(x)
         if not self.training:
             return super().forward(x)
-        mean = x.mean(dim=dims, keepdim=True)
-        var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
+        mean, var = batch_statistics(x, dims)
         std = torch.sqrt(var + self.eps)
         r_max, d_max = self.limits()
         with torch.no_grad():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -30,8 +31,8 @@ class RerunError(RuntimeError):
     """The run cannot be rerun; the message says why."""
 
 
-def recorded(client: MlflowClient, run_id: str) -> tuple[DictConfig, list[str]]:
-    """The run's resolved config over today's defaults, and the overrides it was started with."""
+def recorded(client: MlflowClient, run_id: str) -> tuple[Run, DictConfig, list[str]]:
+    """The run, its resolved config over today's defaults, and the overrides it was started with."""
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -47,7 +48,7 @@ def recorded(client: MlflowClient, run_id: str) -> tuple[DictConfig, list[str]]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         defaults = OmegaConf.to_container(compose(config_name="config"))
     cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(config))
-    return cfg, [line for line in overrides.splitlines() if line.strip()]
+    return run, cfg, [line for line in overrides.splitlines() if line.strip()]
 
 
 # What a run computed; speed (perf/, time/) and the machine's load (system/) are not results.
@@ -73,8 +74,7 @@ def rerun(run_id: str, console: Console) -> float:
     """Train the run again as recorded; the largest difference between the two runs' final metrics."""
     uri = tracking.tracking_uri()
     client = MlflowClient(uri)
-    cfg, overrides = recorded(client, run_id)
-    original = client.get_run(run_id)
+    original, cfg, overrides = recorded(client, run_id)
     # The rerun lands beside the original; force: a FINISHED run of the same config would skip it.
     cfg.tracking.uri, cfg.force = uri, True
     commit, _ = tracking.git_state()

@@ -153,6 +153,7 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
     _say(f"[{name}] {plan.action}: {plan.reason}")
     if plan.action == "skip":
         return Outcome("skip", dict(client.get_run(plan.run_id).data.metrics), plan.run_id)
+    net = build_net(cfg)
     if plan.action == "resume":
         run_id = plan.run_id
         client.update_run(run_id, status="RUNNING")
@@ -160,11 +161,11 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
             client.set_tag(run_id, key, value)
     else:
         resume.remove_checkpoint(checkpoints, fingerprint)  # a stale one must not be resumed by this run
-        run_id = tracking.start_run(client, cfg, overrides, device="pending", extra_tags=tags)
+        # Trainable parameters: what removing the bias before BN or fixing gamma and beta saves.
+        parameters = str(sum(p.numel() for p in net.parameters() if p.requires_grad))
+        extra_tags = {**(tags or {}), "parameters": parameters}
+        run_id = tracking.start_run(client, cfg, overrides, device="pending", extra_tags=extra_tags)
 
-    net = build_net(cfg)
-    # Trainable parameters: what removing the bias before BN or fixing gamma and beta saves.
-    client.set_tag(run_id, "parameters", str(sum(p.numel() for p in net.parameters() if p.requires_grad)))
     module = Classifier(
         net,
         optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)),
