@@ -39,7 +39,7 @@ def test_submitit_local_sweep_records_every_cell(tmp_path: Path) -> None:
         "data.train_subset=256",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
-        "eval.precise_batches=2",
+        "eval.precise_samples=128",
     ]
     result = run_sweep(arguments, store, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -90,13 +90,13 @@ BAD_INPUTS = [
     ("norm.momentum=-0.1", "norm.momentum=-0.1 is not allowed"),
     ("norm.eps=0", "norm.eps=0 is not allowed; it must be a number > 0"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed; it must be an integer >= 1"),
-    ("seed=1.5", "seed=1.5 is not allowed; it must be an integer"),
-    ("seed=abc", "seed='abc' is not allowed; it must be an integer"),
+    ("seed=1.5", "seed=1.5 is not allowed; it must be an integer in 0..4294967295"),
+    ("seed=abc", "seed='abc' is not allowed; it must be an integer in 0..4294967295"),
     ("data.batch_size=2.5", "data.batch_size=2.5 is not allowed; it must be an integer >= 1"),
     ("data.samples_per_call=0", "data.samples_per_call=0 is not allowed; it must be an integer >= 1"),
     ("norm.eps=-1e-05", "norm.eps=-1e-05 is not allowed; it must be a number > 0"),
     ("lr_scaling=quadratic", "lr_scaling='quadratic' is not allowed; it must be constant or linear"),
-    ("eval.precise_batches=0", "eval.precise_batches=0 is not allowed; it must be an integer >= 1"),
+    ("eval.precise_samples=0", "eval.precise_samples=0 is not allowed; it must be an integer >= 1"),
     ("force=maybe", "force='maybe' is not allowed; it must be true or false"),
 ]
 

@@ -107,6 +107,21 @@ def test_shuffling_is_seeded() -> None:
     assert orders(0) != orders(1)
 
 
+def test_seeds_and_epochs_give_independent_orders() -> None:
+    """Seeds 0-9 x epochs 0-9: 100 distinct orders. Under ``seed + epoch`` seeding seed s+1's
+    epoch e replayed seed s's epoch e+1 (only 19 distinct orders); nor may the PreciseBN sample
+    replay a training epoch."""
+
+    def order(seed: int, epoch: int, stream: int = data.TRAINING_ORDER) -> tuple[int, ...]:
+        batches = IndexBatches(_split(100), batch_size=100, shuffle=True, seed=seed, stream=stream)
+        batches.set_epoch(epoch)
+        return tuple(next(iter(batches))[1].tolist())
+
+    training = {order(seed, epoch) for seed in range(10) for epoch in range(10)}
+    assert len(training) == 100
+    assert not training & {order(seed, 0, data.PRECISE_BN_SAMPLE) for seed in range(10)}
+
+
 def test_unshuffled_batches_keep_order() -> None:
     batches = IndexBatches(_split(7), batch_size=3, shuffle=False)
     assert torch.cat([y for _, y in batches]).tolist() == list(range(7))

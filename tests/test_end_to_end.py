@@ -7,7 +7,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from normlab import report, tracking
-from normlab.train import RunFailed, effective_lr, fit
+from normlab.train import RunFailed, canonical, effective_lr, fit, refusal
 from tests.conftest import QUICK, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def test_batch_one_native_bn_fails_recorded_scratch_runs(compose_config, store: 
     overrides = ["data.batch_size=1", "data.train_subset=64", "trainer.max_epochs=1", f"tracking.uri={store}"]
     with pytest.raises(RunFailed, match="Expected more than 1 value per channel"):
         fit(compose_config(["norm=native", *overrides]), [])
-    final = fit(compose_config(["norm=scratch", *overrides, "eval.precise_batches=16"]), []).metrics
+    final = fit(compose_config(["norm=scratch", *overrides, "eval.precise_samples=1024"]), []).metrics
     assert 0.0 <= final["val/acc_batchstats"] <= 1.0
 
     client = MlflowClient(store)
@@ -96,6 +96,36 @@ def test_batch_one_native_bn_fails_recorded_scratch_runs(compose_config, store: 
         runs["native"].data.tags["failure"].startswith("ValueError: Expected more than 1 value per channel")
     )
     assert runs["scratch"].info.status == "FINISHED"
+
+
+def test_ghost_bn_holding_the_whole_batch_is_trained_once_as_bn(compose_config, store: str) -> None:
+    """Ghost BN with a virtual batch >= the batch is BN: named, fingerprinted and trained as scratch
+    BN, so after the scratch cell it is skipped; batch renorm's virtual batch likewise drops."""
+    quick = ["data.batch_size=32", "data.train_subset=256", "trainer.max_epochs=1", f"tracking.uri={store}"]
+    ghost = compose_config(["norm=ghost", "norm.virtual_batch_size=32", *quick])
+    scratch = compose_config(["norm=scratch", *quick])
+    assert tracking.fingerprint(canonical(ghost)) == tracking.fingerprint(scratch)
+    assert tracking.run_name(canonical(ghost)) == "scratch-bs32-m0.1-lr0.9-s0"
+    assert canonical(compose_config(["norm=ghost", "norm.virtual_batch_size=16", *quick])).norm.kind == "ghost"
+    renorm = compose_config(["norm=batch_renorm", "norm.virtual_batch_size=64", *quick])
+    assert canonical(renorm).norm.virtual_batch_size is None
+    assert fit(scratch, []).action == "new"
+    assert fit(ghost, []).action == "skip"
+
+
+def test_batch_renorm_over_one_sample_is_refused_with_its_reason(compose_config, store: str) -> None:
+    """Its FC layers would pass no gradient below them: a FAILED run saying so, nothing trained."""
+    quick = ["norm=batch_renorm", "data.train_subset=64", "trainer.max_epochs=1", f"tracking.uri={store}"]
+    with pytest.raises(RunFailed, match="refused: batch renorm over 1 sample in FC layers"):
+        fit(compose_config([*quick, "data.batch_size=1"]), [])
+    with pytest.raises(RunFailed, match="refused"):
+        fit(compose_config([*quick, "data.batch_size=8", "norm.virtual_batch_size=1"]), [])
+    assert refusal(compose_config([*quick, "data.batch_size=1", "+model.norm_in=conv"])) is None
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("adhoc").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+    assert all(r.data.tags["failure"].startswith("Refused: batch renorm") for r in runs)
+    assert not any(r.data.metrics for r in runs)
 
 
 def test_linear_lr_scaling(compose_config, store: str) -> None:
@@ -128,7 +158,7 @@ def test_each_study_runs_one_cell(study: str, compose_config, store: str) -> Non
             *cell,
             "data.train_subset=256",
             "trainer.max_epochs=1",
-            "eval.precise_batches=4",
+            "eval.precise_samples=256",
             f"tracking.uri={store}",
         ]
     )

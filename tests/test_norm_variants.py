@@ -130,17 +130,46 @@ def test_batch_renorm_unclipped_trains_on_the_moving_statistics(spatial: bool) -
         torch.testing.assert_close(grad, grad_formula, **TOL)
 
 
-def test_batch_renorm_warm_up_ramps_the_limits_from_batch_norm() -> None:
-    layer = BatchRenorm(4, spatial=False, r_max=3.0, d_max=5.0, warmup_steps=10)
-    assert layer.limits() == (1.0, 0.0)
-    layer.num_batches_tracked.fill_(5)
-    assert layer.limits() == (2.0, 2.5)
-    layer.num_batches_tracked.fill_(40)
-    assert layer.limits() == (3.0, 5.0)
+def test_batch_renorm_holds_batch_norm_then_relaxes_the_limits_linearly() -> None:
+    """The paper's schedule: (1, 0) for hold_steps batches, then linear to (r_max, d_max)."""
+    layer = BatchRenorm(4, spatial=False, r_max=3.0, d_max=5.0, hold_steps=20, warmup_steps=10)
+    for step, expected in [(0, (1.0, 0.0)), (19, (1.0, 0.0)), (20, (1.0, 0.0)), (25, (2.0, 2.5)),
+                           (30, (3.0, 5.0)), (400, (3.0, 5.0))]:  # fmt: skip
+        layer.num_batches_tracked.fill_(step)
+        assert layer.limits() == expected, step
     assert BatchRenorm(4, spatial=False, r_max=3.0, d_max=5.0).limits() == (3.0, 5.0)
-    for bad in (dict(r_max=0.5), dict(d_max=-1.0), dict(warmup_steps=-1)):
+    held = BatchRenorm(4, spatial=False, hold_steps=3).double()  # plain BN for 3 steps, in training
+    reference = nn.BatchNorm1d(4).double()
+    for _ in range(3):
+        x = torch.randn(8, 4, dtype=torch.float64) * 3 + 2
+        torch.testing.assert_close(held(x), reference(x), **TOL)
+    for bad in (dict(r_max=0.5), dict(d_max=-1.0), dict(hold_steps=-1), dict(warmup_steps=-1)):
         with pytest.raises(ValueError, match="batch_renorm needs"):
             BatchRenorm(4, spatial=False, **bad)
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+@pytest.mark.parametrize("virtual", [1, 4, 5])
+def test_batch_renorm_over_virtual_batches_held_is_ghost_batch_norm(spatial: bool, virtual: int) -> None:
+    """With its limits held at (1, 0), batch renorm over virtual batches is ghost BN exactly:
+    outputs, input and affine gradients, running statistics, over several steps (uneven tails too)."""
+    ours = BatchRenorm(6, spatial, r_max=1.0, d_max=0.0, virtual_batch_size=virtual).double()
+    ghost = GhostBatchNorm(6, spatial, virtual_batch_size=virtual).double()
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-0.5, 0.5)
+        ghost.load_state_dict(ours.state_dict(), strict=False)
+    for step in range(3):
+        x = make_input(13, 6, spatial, step).requires_grad_()
+        x_ghost = x.detach().clone().requires_grad_()
+        y, y_ghost = ours(x), ghost(x_ghost)
+        torch.testing.assert_close(y, y_ghost, **TOL)
+        upstream = torch.randn_like(y)
+        y.backward(upstream), y_ghost.backward(upstream)
+        torch.testing.assert_close(x.grad, x_ghost.grad, **TOL)
+        torch.testing.assert_close(ours.weight.grad, ghost.weight.grad, **TOL)
+        torch.testing.assert_close(ours.bias.grad, ghost.bias.grad, **TOL)
+        torch.testing.assert_close(ours.running_var, ghost.running_var, **TOL)
+        torch.testing.assert_close(ours.running_mean, ghost.running_mean, **TOL)
 
 
 # --- Ghost Batch Norm ----------------------------------------------------------------------

@@ -51,7 +51,7 @@ def test_sweep_over_two_fake_gpus_pins_each_run_and_never_overbooks(tmp_path: Pa
         "data.train_subset=256",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
-        "eval.precise_batches=2",
+        "eval.precise_samples=128",
     ]
     result = run_sweep(arguments, store, tmp_path, CUDA_VISIBLE_DEVICES="0,1")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,7 +16,7 @@ from normlab.train import fit
 from tests.conftest import QUICK, cell_runs, run_sweep
 
 CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=3072", "data.batch_size=32",
-         "trainer.max_epochs=6", "trainer.accelerator=cpu", "eval.precise_batches=5",
+         "trainer.max_epochs=6", "trainer.accelerator=cpu", "eval.precise_samples=320",
          "hydra.launcher.cpu_jobs=2"]  # fmt: skip
 COMPARED = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats")
 
@@ -117,7 +117,7 @@ def test_same_config_and_seed_give_identical_metrics(compose_config, tmp_path: P
 def test_failed_cell_sweep_goes_on_exits_1_and_a_rerun_skips_the_finished(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     arguments = ["study=fail_test", "norm=native,scratch", "data.batch_size=1", "data.train_subset=32",
-                 "trainer.max_epochs=1", "trainer.accelerator=cpu", "eval.precise_batches=2",
+                 "trainer.max_epochs=1", "trainer.accelerator=cpu", "eval.precise_samples=128",
                  f"checkpoint_dir={tmp_path / 'checkpoints'}"]  # fmt: skip
     first = run_sweep(arguments, store, tmp_path)
     assert first.returncode == 1, first.stderr[-3000:]

@@ -18,7 +18,7 @@ def _rerun(arguments: list[str], store: str) -> subprocess.CompletedProcess:
 
 
 def test_rerun_reproduces_the_final_metrics_on_cpu(compose_config, store: str, tmp_path: Path) -> None:
-    overrides = [*QUICK, "norm=scratch", "seed=5", "eval.precise_batches=4"]
+    overrides = [*QUICK, "norm=scratch", "seed=5", "eval.precise_samples=256"]
     original = fit(compose_config([*overrides, f"tracking.uri={store}"]), overrides)
 
     result = _rerun(["make", "-s", "rerun", f"RUN_ID={original.run_id}"], store)

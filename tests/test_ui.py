@@ -40,7 +40,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> str:
         "data.train_subset=2048",
         f"trainer.max_epochs={EPOCHS}",
         "trainer.accelerator=cpu",
-        "eval.precise_batches=2",
+        "eval.precise_samples=128",
         "tracking.system_metrics_s=0.5",
     ]
     result = run_sweep(arguments, store, workdir)

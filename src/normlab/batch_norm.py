@@ -13,30 +13,38 @@ from torch.autograd.function import once_differentiable
 class _NormalizeBatch(torch.autograd.Function):
     """Training-mode BN: y = (x - mean) / sqrt(var + eps) * weight + bias over ``dims``, with its gradient.
 
+    ``shape`` broadcasts the per-channel ``weight`` and ``bias`` against ``x``: (1, C, 1, 1) for a
+    (N, C, H, W) batch, or (1, 1, C, 1, 1) for ghost BN's (groups, virtual batch, C, H, W) view,
+    where the statistics (over ``dims`` = (1, 3, 4)) are per group and per channel.
+
     Forward is d2l's formula (two passes: mean, then the mean of squared deviations; ``torch.var``
     over (N, H, W) is ~10x slower on CPU). Backward is the BN paper's closed form (Ioffe & Szegedy
-    2015, section 3), in per-channel sums::
+    2015, section 3), in per-channel sums over ``dims``::
 
         dx = weight / sqrt(var + eps) * (dy - mean(dy) - x_hat * mean(dy * x_hat))
 
     Autograd's chain through mean and var allocates a dozen full-size temporaries; this one, four,
     which makes the scratch layer ~2x faster (``make bench`` reports the step time against native).
-    Also returns the batch mean and biased variance for the running statistics (no gradient).
+    Also returns the batch mean and biased variance (kept dims) for the running statistics.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...], eps: float
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        dims: tuple[int, ...],
+        shape: tuple[int, ...],
+        eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        shape = (1, -1, 1, 1) if x.dim() == 4 else (1, -1)
         mean = x.mean(dim=dims, keepdim=True)
         centered = x - mean
         var = (centered * centered).mean(dim=dims, keepdim=True)
         invstd = torch.rsqrt(var + eps)
         x_hat = centered.mul_(invstd)
         ctx.save_for_backward(x_hat, invstd, weight)
-        ctx.dims = dims
-        mean, var = mean.view(-1), var.view(-1)
+        ctx.dims, ctx.shape = dims, shape
         ctx.mark_non_differentiable(mean, var)
         return (x_hat * weight.view(shape)).add_(bias.view(shape)), mean, var
 
@@ -44,16 +52,19 @@ class _NormalizeBatch(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: Any, dy: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None, None]:
         x_hat, invstd, weight = ctx.saved_tensors
-        shape = invstd.shape
-        values_per_channel = dy.numel() // weight.numel()
-        dbias = dy.sum(dim=ctx.dims)
-        dweight = (dy * x_hat).sum(dim=ctx.dims)
-        scale = weight.view(shape) * invstd
-        dx = (dy * scale).sub_(scale * (dbias / values_per_channel).view(shape))
-        dx.addcmul_(x_hat, scale * (dweight / values_per_channel).view(shape), value=-1.0)
-        return dx, dweight, dbias, None, None
+        values_per_statistic = x_hat.numel() // invstd.numel()
+        sum_dy = dy.sum(dim=ctx.dims, keepdim=True)
+        sum_dy_xhat = (dy * x_hat).sum(dim=ctx.dims, keepdim=True)
+        scale = weight.view(ctx.shape) * invstd
+        dx = (dy * scale).sub_(scale * (sum_dy / values_per_statistic))
+        dx.addcmul_(x_hat, scale * (sum_dy_xhat / values_per_statistic), value=-1.0)
+        # Per-channel affine gradients: also summed over ghost BN's groups.
+        channels = weight.numel()
+        dweight = sum_dy_xhat.reshape(-1, channels).sum(dim=0)
+        dbias = sum_dy.reshape(-1, channels).sum(dim=0)
+        return dx, dweight, dbias, None, None, None
 
 
 def batch_statistics(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +149,7 @@ class BatchNorm(nn.Module):
         if not self.training:
             return self._normalize(x, self.running_mean.view(shape), self.running_var.view(shape))
         if self.center and self.scale:
-            y, mean, var = _NormalizeBatch.apply(x, self.weight, self.bias, dims, self.eps)
+            y, mean, var = _NormalizeBatch.apply(x, self.weight, self.bias, dims, shape, self.eps)
         else:  # mean-only or variance-only (d2l's exercise): autograd's gradient is fast enough here
             mean, var = batch_statistics(x, dims)
             y = self._normalize(x, mean, var)

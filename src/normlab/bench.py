@@ -116,7 +116,7 @@ def sweep_seconds(jobs: int, store: str, workdir: Path) -> float:
     command = [
         sys.executable, "-m", "normlab.train", "-m", "study=bench-sweep", "norm=none,native",
         "seed=0,1", "data.train_subset=6000", "data.batch_size=64", "trainer.max_epochs=2",
-        "trainer.accelerator=cpu", "eval.precise_batches=10", f"hydra.launcher.cpu_jobs={jobs}",
+        "trainer.accelerator=cpu", "eval.precise_samples=640", f"hydra.launcher.cpu_jobs={jobs}",
         f"hydra.sweep.dir={workdir / f'sweep-{jobs}'}", "force=true",
         f"checkpoint_dir={workdir / 'checkpoints'}",
     ]  # fmt: skip
@@ -136,7 +136,7 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
                 cfg = compose_config([
                     "study=bench", f"norm={norm}", f"data.batch_size={batch_size}",
                     f"data.train_subset={subset}", f"trainer.max_epochs={epochs}",
-                    "eval.precise_batches=10", f"tracking.uri={store}", "force=true",
+                    "eval.precise_samples=640", f"tracking.uri={store}", "force=true",
                     f"checkpoint_dir={workdir}/checkpoints",
                 ])  # fmt: skip
                 reference, platform, logging_share = [], [], []

@@ -157,11 +157,25 @@ def load(
     )
 
 
+TRAINING_ORDER, PRECISE_BN_SAMPLE = 0, 1  # shuffling streams: SGD's epochs, PreciseBN's sample
+
+
+def order_seed(seed: int, epoch: int, stream: int = TRAINING_ORDER) -> int:
+    """A 64-bit generator seed for shuffling pass ``epoch`` of run ``seed``, from numpy's SeedSequence.
+
+    ``seed + epoch`` made seed s+1 replay seed s's orders shifted by one epoch, so "independent"
+    seeds shared data orders. A SeedSequence hashes (seed; stream, epoch) into unrelated states, and
+    its spawn key keeps these streams apart from the weight init (``torch.manual_seed(seed)``)."""
+    sequence = np.random.SeedSequence(entropy=seed, spawn_key=(stream, epoch))
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))  # torch takes < 2**63
+
+
 class IndexBatches:
     """An iterable of (images, labels) batches cut from whole tensors by index.
 
-    Shuffling uses its own generator seeded with ``seed + epoch`` (epoch = number of passes so
-    far), so the order depends only on the seed and the epoch, not on what else drew numbers.
+    Shuffling uses its own generator, seeded by ``order_seed(seed, epoch, stream)`` (epoch = number
+    of passes so far): the order depends only on those, not on what else drew numbers, and every
+    (seed, epoch) pair gets an independent stream.
     ``drop_single_tail`` drops a last batch of one sample when ``batch_size > 1``: batch norm cannot
     normalize one value per channel (torch raises), and one sample of an epoch changes nothing.
     ``group`` > 1 yields ``group`` consecutive batches at a time, concatenated (one gather instead of
@@ -176,6 +190,7 @@ class IndexBatches:
         seed: int = 0,
         drop_single_tail: bool = False,
         group: int = 1,
+        stream: int = 0,
     ) -> None:
         if batch_size < 1 or group < 1:
             raise ValueError(f"batch size and group must be at least 1, got {batch_size} and {group}")
@@ -184,6 +199,7 @@ class IndexBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.group = group
+        self.stream = stream
         self.epoch = 0
         n = len(split.labels)
         single_tail = drop_single_tail and batch_size > 1 and n % batch_size == 1
@@ -199,7 +215,7 @@ class IndexBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, step = self.size, self.batch_size * self.group
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(order_seed(self.seed, self.epoch, self.stream))
             # Over all samples, then cut: a dropped single tail is a random sample, not always the last.
             order = torch.randperm(len(self.split.labels), generator=generator)[:n].to(
                 self.split.labels.device

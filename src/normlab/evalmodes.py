@@ -1,7 +1,7 @@
 """Two more ways to evaluate a BN network, beside eval mode with its moving averages.
 
 - PreciseBN (Wu & Johnson 2021; fvcore ``precise_bn.py``): recompute every BN layer's population
-  statistics as a plain average over a fixed number of training batches, then evaluate.
+  statistics from a fixed number of training *samples* (whatever the batch size), then evaluate.
 - Batch statistics: normalize each test batch by its own statistics (train-mode BN), with test
   batches as large as the training batches, as the net saw them while it learned.
 
@@ -11,7 +11,6 @@ Both work on a copy of the model: its own statistics stay untouched.
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Iterable
 
 import pytorch_lightning as pl
@@ -28,21 +27,68 @@ def bn_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, BN_LAYERS)]
 
 
-@torch.no_grad()
-def precise_bn(model: nn.Module, batches: Batches, num_batches: int) -> nn.Module:
-    """A copy of ``model`` whose BN statistics are the average over ``num_batches`` training batches.
+class PopulationMoments:
+    """Per-channel count, mean and sum of squared deviations of every value a layer receives,
+    merged batch by batch in float64 (Chan et al.'s parallel update): the exact population mean
+    and variance of all values seen, not an average of per-batch statistics.
 
-    ``momentum=None`` makes each layer keep a cumulative (equal-weight) average of the batch means
-    and unbiased variances it sees, which is fvcore's estimate; the layers see the inputs that the
-    train-mode network upstream produces.
+    By the law of total variance the population variance is the mean within-batch variance *plus*
+    the variance of the batch means; averaging per-batch variances alone (what this module did
+    before) drops the second part: 25% low on conv activations at batch 2, 6% at batch 8.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None  # sum of squared deviations from the mean
+
+    def add(self, x: torch.Tensor) -> None:
+        values = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)  # (C, N*H*W)
+        count = values.shape[1]
+        mean = values.mean(dim=1)
+        squares = (values - mean[:, None]).pow(2).sum(dim=1)
+        if self.mean is None or self.squares is None:
+            self.count, self.mean, self.squares = count, mean, squares
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.squares = self.squares + squares + delta.pow(2) * (self.count * count / total)
+        self.count = total
+
+    def variance(self) -> torch.Tensor:
+        """The population variance (divided by the count: over ~10^6 values the unbiased one is the same)."""
+        assert self.squares is not None, "no batch was seen"
+        return self.squares / self.count
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Batches, num_samples: int) -> nn.Module:
+    """A copy of ``model`` whose BN statistics are the population mean and variance of each BN
+    layer's inputs over the first ``num_samples`` training samples of ``batches`` (whole batches:
+    a cut one could leave one sample, which BN cannot normalize; at most one pass).
+
+    The copy runs in train mode, so each layer sees the inputs that the train-mode network
+    upstream produces, as fvcore's PreciseBN does.
     """
     precise = copy.deepcopy(model)
-    for layer in bn_layers(precise):
-        layer.reset_running_stats()
-        layer.momentum = None
+    moments = {layer: PopulationMoments() for layer in bn_layers(precise)}
+    hooks = [
+        layer.register_forward_pre_hook(lambda layer, inputs: moments[layer].add(inputs[0]))
+        for layer in moments
+    ]
     precise.train()
-    for images, _ in itertools.islice(batches, num_batches):
+    seen = 0
+    for images, _ in batches:
+        if seen >= num_samples:
+            break
         precise(images)
+        seen += len(images)
+    for hook in hooks:
+        hook.remove()
+    for layer, moment in moments.items():
+        layer.running_mean.copy_(moment.mean)
+        layer.running_var.copy_(moment.variance())
     return precise.eval()
 
 
@@ -64,16 +110,16 @@ def accuracy(model: nn.Module, batches: Batches, batch_statistics: bool = False)
 class EvalModes(pl.Callback):
     """After training, logs ``val/acc_precise`` and ``val/acc_batchstats`` for networks with BN."""
 
-    def __init__(self, train_batches: Batches, test_batches: Batches, precise_batches: int) -> None:
+    def __init__(self, train_batches: Batches, test_batches: Batches, precise_samples: int) -> None:
         self.train_batches = train_batches
         self.test_batches = test_batches
-        self.precise_batches = precise_batches
+        self.precise_samples = precise_samples
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.net  # the plain nn.Module: copying it does not copy the trainer
         if not bn_layers(net) or trainer.current_epoch == 0:
             return
-        precise = precise_bn(net, self.train_batches, self.precise_batches)
+        precise = precise_bn(net, self.train_batches, self.precise_samples)
         metrics = {
             "val/acc_precise": accuracy(precise, self.test_batches),
             "val/acc_batchstats": accuracy(net, self.test_batches, batch_statistics=True),

@@ -5,6 +5,7 @@ Flow: check the choices -> load and verify data -> build net and module -> MLflo
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import warnings
@@ -18,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab import data, resume, sweep, tracking
 from normlab.data import DataError, IndexBatches
@@ -81,8 +82,9 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "norm.eps": ("a number > 0", lambda v: _number(v) and v > 0),
     "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
-    "eval.precise_batches": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
-    "seed": ("an integer", _integer),
+    "eval.precise_samples": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    # Seeds weights (torch takes < 2**32 via Lightning) and the SeedSequence of the data orders (>= 0).
+    "seed": ("an integer in 0..4294967295", lambda v: _integer(v) and 0 <= v < 2**32),
     "force": ("true or false", lambda v: isinstance(v, bool)),
     "tracking.system_metrics_s": ("a number > 0 (seconds)", lambda v: _number(v) and v > 0),
 }
@@ -94,6 +96,39 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
+
+
+def canonical(cfg: DictConfig) -> DictConfig:
+    """The cell as it trains. Ghost BN whose virtual batch holds the whole SGD batch *is* BN (the
+    scratch layer, number for number), so it is named, fingerprinted and trained as ``scratch``
+    (once: a sweep listing both skips the second); batch renorm's virtual batch likewise drops."""
+    norm = cfg.norm
+    virtual = norm.get("virtual_batch_size")
+    if virtual is None or virtual < cfg.data.batch_size:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        if norm.kind == "ghost":
+            kept = {key: norm[key] for key in ("_target_", "momentum", "eps")}
+            cfg.norm = {**kept, "kind": "scratch"}
+        else:
+            cfg.norm.virtual_batch_size = None
+    return cfg
+
+
+def refusal(cfg: DictConfig) -> str | None:
+    """Why a cell would measure nothing, or None. Batch renorm with statistics over one sample in
+    FC layers: x - mean is 0 there, so a layer outputs weight * d + bias with d a constant for the
+    gradient; nothing below it learns, and any accuracy above chance is a random-feature model's."""
+    if cfg.norm.kind != "batch_renorm" or cfg.model.get("norm_in", "all") not in ("all", "fc"):
+        return None
+    statistics_batch = min(cfg.data.batch_size, cfg.norm.get("virtual_batch_size") or cfg.data.batch_size)
+    if statistics_batch > 1:
+        return None
+    return (
+        "batch renorm over 1 sample in FC layers passes no gradient below them "
+        "(x - mean = 0; r, d are constants): the conv layers would keep their random weights"
+    )
 
 
 class RunFailed(RuntimeError):
@@ -136,6 +171,7 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
     a new run (its sweep's parent run, the run it reruns).
     """
     check_config(cfg)
+    cfg = canonical(cfg)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop lines per run
     # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
@@ -165,6 +201,11 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
         parameters = str(sum(p.numel() for p in net.parameters() if p.requires_grad))
         extra_tags = {**(tags or {}), "parameters": parameters}
         run_id = tracking.start_run(client, cfg, overrides, device="pending", extra_tags=extra_tags)
+        refused = refusal(cfg)
+        if refused:  # recorded, so the table says why the cell has no number
+            client.set_tag(run_id, "failure", f"Refused: {refused}")
+            tracking.end_run(client, run_id, "FAILED")
+            raise RunFailed(f"run {name} refused: {refused}")
 
     module = Classifier(
         net,
@@ -185,9 +226,9 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
         resume.EpochCheckpoint(checkpoint),
         # Batches as large as the training ones, for the evaluations that use batch statistics.
         EvalModes(
-            IndexBatches(train_split, batch_size, shuffle=True, seed=cfg.seed),
+            IndexBatches(train_split, batch_size, shuffle=True, seed=cfg.seed, stream=data.PRECISE_BN_SAMPLE),
             IndexBatches(test_split, batch_size, shuffle=False),
-            precise_batches=cfg.eval.precise_batches,
+            precise_samples=cfg.eval.precise_samples,
         ),
     ]
     train_batches = IndexBatches(
@@ -225,7 +266,7 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
 def main(cfg: DictConfig) -> float:
     hydra_config = HydraConfig.get()
     job_dir = Path(hydra_config.runtime.output_dir)
-    cell = tracking.run_name(cfg)
+    cell = tracking.run_name(canonical(cfg))
     multirun = hydra_config.mode == RunMode.MULTIRUN
     parent = sweep.parent_run_id(Path(hydra_config.sweep.dir)) if multirun else None
     tags = {"mlflow.parentRunId": parent} if parent else {}  # the UI nests the run under its sweep
