@@ -28,9 +28,12 @@ browser: ## install Debian's chromium + chromedriver for the UI test when root o
 	@if ! { command -v chromium && command -v chromedriver; } >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; fi
 
-sweep: venv data ## run study EXP (default d2l_bn_lenet) over its grid, then write its table; ARGS= adds overrides
-	$(PY) -m normlab.train -m experiment=$(EXP) $(ARGS)
-	$(PY) -m normlab.report $(EXP)
+# A study may have more grids than one product: experiments/<EXP>__<grid>.yaml run after its own.
+GRIDS = $(EXP) $(patsubst experiments/%.yaml,%,$(wildcard experiments/$(EXP)__*.yaml))
+
+sweep: venv data ## run study EXP (default d2l_bn_lenet) over its grids, then write its table; ARGS= adds overrides
+	@status=0; for grid in $(GRIDS); do $(PY) -m normlab.train -m experiment=$$grid $(ARGS) || status=1; done; \
+	$(PY) -m normlab.report $(EXP) && exit $$status
 
 table: venv ## rebuild experiments/EXP/RESULTS.md (+ CSV) from MLflow alone
 	$(PY) -m normlab.report $(EXP)

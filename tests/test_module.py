@@ -13,14 +13,17 @@ from normlab.norms import norm_factory
 from normlab.train import QUIET_TRAINER
 
 
-def _train(group: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
+def _train(group: int, batch_size: int = 8, warmup_steps: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     split = Split(
         torch.rand(101, 1, 28, 28, generator=generator), torch.randint(0, 10, (101,), generator=generator)
     )
     torch.manual_seed(0)
     module = Classifier(
-        LeNet(norm_factory("scratch")), partial(torch.optim.SGD, lr=0.5), batch_size=batch_size
+        LeNet(norm_factory("scratch")),
+        partial(torch.optim.SGD, lr=0.5),
+        batch_size=batch_size,
+        warmup_steps=warmup_steps,
     )
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
     batches = IndexBatches(split, batch_size, shuffle=True, seed=0, drop_single_tail=True, group=group)
@@ -28,12 +31,24 @@ def _train(group: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
     metrics = {
         key: torch.as_tensor(trainer.callback_metrics[key]) for key in ("train/loss", "train/acc", "val/acc")
     }
+    metrics["lr"] = torch.as_tensor(trainer.optimizers[0].param_groups[0]["lr"])
     return {**module.net.state_dict(), **metrics}
 
 
 def test_grouped_steps_equal_single_steps() -> None:
     single, grouped = _train(group=1), _train(group=5)
     assert single.keys() == grouped.keys() and "train/loss" in single
+    for key in single:
+        torch.testing.assert_close(grouped[key], single[key], rtol=0, atol=0, msg=key)
+
+
+def test_warm_up_ramps_the_lr_step_by_step() -> None:
+    """2 epochs of 13 steps at batch 8 (100 samples, a single tail dropped): after 26 steps of a
+    30-step ramp the lr is 0.5 * 27 / 30; a ramp shorter than training ends at the full lr, and
+    grouped steps still equal single ones."""
+    assert _train(group=1, warmup_steps=30)["lr"].item() == pytest.approx(0.5 * 27 / 30)
+    assert _train(group=1, warmup_steps=10)["lr"].item() == pytest.approx(0.5)
+    single, grouped = _train(group=1, warmup_steps=30), _train(group=4, warmup_steps=30)
     for key in single:
         torch.testing.assert_close(grouped[key], single[key], rtol=0, atol=0, msg=key)
 

@@ -38,12 +38,21 @@ class Classifier(pl.LightningModule):
     batch of every epoch), so a tracker receives one batch per epoch.
     """
 
-    def __init__(self, net: nn.Module, optimizer: OptimizerFactory, batch_size: int) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        batch_size: int,
+        warmup_steps: int = 0,
+        cosine_steps: int = 0,
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.net = net
         self.optimizer_factory = optimizer
         self.batch_size = batch_size
+        self.warmup_steps = warmup_steps
+        self.cosine_steps = cosine_steps
         # [sum of loss * n, correct] on the device, and n on the host, for the running epoch per stage
         self._sums = {
             "train": torch.zeros(2, dtype=torch.float64),
@@ -56,8 +65,22 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+    def lr_factor(self, step: int) -> float:
+        """The lr of step ``step`` (from 0) over the configured one: a linear ramp over the first
+        ``warmup_steps`` (Goyal et al. 2017: what lets a large linearly scaled lr start), then, with
+        ``cosine_steps``, a half cosine down to 0 at the last of that many steps (Loshchilov &
+        Hutter 2017), so every cell ends its budget annealed rather than mid-noise."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if not self.cosine_steps:
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(self.cosine_steps - self.warmup_steps, 1))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self) -> dict[str, object]:
+        optimizer = self.optimizer_factory(self.parameters())
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
         logits = self.net(images)
@@ -78,11 +101,14 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         optimizer = self.trainer.optimizers[0]
+        schedule = self.trainer.lr_scheduler_configs[0].scheduler
         for images, labels in zip(*(part.split(self.batch_size) for part in batch), strict=True):
             loss = self._step(images, labels, "train")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if self.warmup_steps or self.cosine_steps:  # in the checkpoint: a resumed run continues it
+                schedule.step()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(*batch, "val")
@@ -119,7 +145,9 @@ class Classifier(pl.LightningModule):
         if not math.isfinite(metrics.get("train/loss", 0.0)):
             raise Diverged(f"diverged at epoch {self.current_epoch + 1} (train loss {metrics['train/loss']})")
         if self.trainer.state.fn == TrainerFn.FITTING:
-            metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+            group = self.trainer.optimizers[0].param_groups[0]
+            metrics["lr"] = group["initial_lr"]  # the configured (peak) lr: tables group cells by it
+            metrics["lr/now"] = group["lr"]
             metrics["time/epoch_s"] = self._train_seconds
             metrics["perf/samples_per_s"] = self._counts["train"] / max(self._train_seconds, 1e-9)
         self.log_dict(metrics, on_step=False, on_epoch=True)

@@ -101,9 +101,11 @@ def machine() -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """``<norm>-bs<batch>-m<momentum>-lr<lr>-s<seed>``: what tells cells apart in the UI's run list
-    (the model is a tag and part of the setup name)."""
-    return f"{cfg.norm.kind}-bs{cfg.data.batch_size}-m{cfg.norm.momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
+    """``<norm>[-vb<virtual batch>]-bs<batch>-m<momentum>-lr<lr>-s<seed>``: what tells cells apart in
+    the UI's run list (the model is a tag and part of the setup name)."""
+    virtual = cfg.norm.get("virtual_batch_size")
+    kind = cfg.norm.kind + (f"-vb{virtual}" if virtual is not None else "")
+    return f"{kind}-bs{cfg.data.batch_size}-m{cfg.norm.momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
 
 
 def setup_name(cfg: DictConfig) -> str:

@@ -29,6 +29,8 @@ from normlab.progress import EpochProgress
 from normlab.tracking import StoreError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# ${floordiv:${data.batch_size},8}: the GN paper's per-device batch of 8 simulated devices.
+OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
 GROUPS = ("data", "model", "norm", "optimizer", "trainer", "setup", "experiment", "profile", "launcher")
 
 
@@ -82,6 +84,8 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "norm.eps": ("a number > 0", lambda v: _number(v) and v > 0),
     "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
+    "warmup_samples": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "lr_schedule": ("constant or cosine", lambda v: v in ("constant", "cosine")),
     "eval.precise_samples": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     # Seeds weights (torch takes < 2**32 via Lightning) and the SeedSequence of the data orders (>= 0).
     "seed": ("an integer in 0..4294967295", lambda v: _integer(v) and 0 <= v < 2**32),
@@ -207,11 +211,6 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
             tracking.end_run(client, run_id, "FAILED")
             raise RunFailed(f"run {name} refused: {refused}")
 
-    module = Classifier(
-        net,
-        optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)),
-        batch_size=cfg.data.batch_size,
-    )
     logger = tracking.EpochMLFlowLogger(
         experiment_name=cfg.study, tracking_uri=tracking.tracking_uri(cfg.tracking.uri), run_id=run_id
     )
@@ -221,6 +220,22 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
     train_split = data.Split(train_split.images.to(device), train_split.labels.to(device))
     test_split = data.Split(test_split.images.to(device), test_split.labels.to(device))
     batch_size = cfg.data.batch_size
+    train_batches = IndexBatches(
+        train_split,
+        batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_single_tail=True,
+        group=max(1, cfg.data.samples_per_call // batch_size),
+    )
+    steps_per_epoch = -(-train_batches.size // batch_size)
+    module = Classifier(
+        net,
+        optimizer=instantiate(cfg.optimizer, lr=effective_lr(cfg)),
+        batch_size=batch_size,
+        warmup_steps=-(-cfg.warmup_samples // batch_size),
+        cosine_steps=cfg.trainer.max_epochs * steps_per_epoch if cfg.lr_schedule == "cosine" else 0,
+    )
     trainer.callbacks += [
         EpochProgress(name),
         resume.EpochCheckpoint(checkpoint),
@@ -231,14 +246,6 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
             precise_samples=cfg.eval.precise_samples,
         ),
     ]
-    train_batches = IndexBatches(
-        train_split,
-        batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_single_tail=True,
-        group=max(1, cfg.data.samples_per_call // batch_size),
-    )
     uri = tracking.tracking_uri(cfg.tracking.uri)
     try:
         with tracking.system_metrics(run_id, uri, cfg.tracking.system_metrics_s, plan.action == "resume"):
