@@ -93,11 +93,15 @@ def test_comparison_can_say_not_reproduced(store: str, tmp_path: Path) -> None:
     _fill(store)
     summary = report.summarize(report.load_runs("toy", store))
     (line,) = report.comparison(summary)  # only "bn" has a published figure
-    # ours 0.833 ± 0.031 vs 0.807: inside 2 sd
+    # ours 0.833 ± 0.031 (n=3) vs 0.807: inside the prediction interval 0.833 ± 4.30 * 0.031 * sqrt(4/3)
     assert "val/acc" in line and line.endswith("**reproduced**")
+    assert "95% prediction interval [0.682, 0.985]" in line  # mean ± 2 sd would say [0.772, 0.894]
     summary.loc[summary["setup"] == "bn", "val/acc d2l"] = 0.70
     (line,) = report.comparison(summary)
-    assert line.endswith("**not reproduced**") and "diff +0.133" in line
+    assert line.endswith("**reproduced**") and "diff +0.133" in line  # outside 2 sd, inside the interval
+    summary.loc[summary["setup"] == "bn", "val/acc d2l"] = 0.66
+    (line,) = report.comparison(summary)
+    assert line.endswith("**not reproduced**") and "diff +0.173" in line
 
 
 def test_confidence_interval_is_clipped_to_accuracy_range() -> None:

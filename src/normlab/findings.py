@@ -1,15 +1,31 @@
 """Verdicts on the claims users come to check, computed from a study's summary and curves.
 
 Each check returns None when the study lacks the cells it needs, else a Finding whose verdict is
-"reproduced", "not reproduced" or "not measurable" (with the reason), always with the numbers.
+"reproduced", "not reproduced" or "not measurable" (with the reason), always with the numbers and
+p-values. Differences are judged by t tests (``normlab.stats_tests``: Welch, or paired where setups
+share seeds, init and data order), Holm-corrected over each finding's comparisons, at level 0.05;
+a finding that needs a setup whose last epoch still moved (``converged`` False in the summary, from
+``normlab.convergence``) says "not measurable: not converged at ..." instead.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
+
+from normlab.stats_tests import (
+    ALPHA,
+    Contrast,
+    Term,
+    contrast,
+    holm,
+    paired_two_sided,
+    spread_ratio,
+    welch_two_sided,
+)
 
 BN_NORMS = ("scratch", "native")
 CHANCE = 0.1
@@ -30,8 +46,29 @@ def _fmt(mean: float, sd: float, n: int) -> str:
     return f"{mean:.3f}" + ("" if math.isnan(sd) else f" ± {sd:.3f}") + f" (n={n})"
 
 
+def _term(row: dict, metric: str = "val/acc", sign: float = 1.0) -> Term:
+    return Term(sign, row[f"{metric} mean"], row[f"{metric} sd"], int(row["n"]))
+
+
+def _p(adjusted: float) -> str:
+    return "p n/a" if math.isnan(adjusted) else f"Holm p = {adjusted:.2g}"
+
+
+def unconverged(rows: Iterable[dict]) -> list[str]:
+    """The setups among ``rows`` whose last epoch still moved (the summary's ``converged`` False)."""
+    return [row["setup"] for row in rows if row.get("converged") is False]
+
+
+def _not_converged(name: str, claim: str, evidence: str, setups: list[str]) -> Finding:
+    shown = ", ".join(setups[:6]) + (f" and {len(setups) - 6} more" if len(setups) > 6 else "")
+    return Finding(name, claim, evidence, f"not measurable: not converged at {shown}")
+
+
 def converges_faster(summary: pd.DataFrame, history: pd.DataFrame) -> Finding | None:
-    """F1: epoch-1 test accuracy of BN vs no norm, at the same batch size and learning rate."""
+    """F1: epoch-1 test accuracy of BN vs no norm, at the same batch size and learning rate: BN is
+    faster where it is more than one point ahead beyond noise (one-sided Welch t, Holm over the BN
+    kinds). Not measurable where the no-norm baseline never leaves chance: it is not slower then,
+    it does not learn."""
     if history.empty:
         return None
     epoch1 = history[(history["metric"] == "val/acc") & (history["epoch"] == 1)]
@@ -47,21 +84,39 @@ def converges_faster(summary: pd.DataFrame, history: pd.DataFrame) -> Finding | 
     group = cells[(cells["batch_size"] == batch) & (cells["lr"] == lr)]
     per_norm = group.groupby("norm")["value"].agg(["mean", "std", "count"])
     none = per_norm.loc["none"]
-    parts, faster = [], []
-    for norm in [n for n in BN_NORMS if n in per_norm.index]:
-        bn = per_norm.loc[norm]
-        se = math.sqrt(
-            ((bn["std"] ** 2) / bn["count"] if bn["count"] > 1 else 0)
-            + ((none["std"] ** 2) / none["count"] if none["count"] > 1 else 0)
+    norms = [n for n in BN_NORMS if n in per_norm.index]
+    tests = [
+        contrast(
+            [
+                Term(1, per_norm.loc[n, "mean"], per_norm.loc[n, "std"], int(per_norm.loc[n, "count"])),
+                Term(-1, none["mean"], none["std"], int(none["count"])),
+            ],
+            margin=MARGIN,
         )
-        faster.append(bn["mean"] - none["mean"] > max(2 * se, MARGIN))
-        parts.append(f"{norm} {_fmt(bn['mean'], bn['std'], int(bn['count']))}")
+        for n in norms
+    ]
+    adjusted = holm([t.p for t in tests])
+    parts = [
+        f"{n} {_fmt(per_norm.loc[n, 'mean'], per_norm.loc[n, 'std'], int(per_norm.loc[n, 'count']))}, "
+        f"ahead by {t.estimate:+.3f} ({_p(p)})"
+        for n, t, p in zip(norms, tests, adjusted, strict=True)
+    ]
     evidence = (
-        f"epoch-1 test accuracy at batch {batch:g}, lr {lr:g}: {', '.join(parts)} vs none "
+        f"epoch-1 test accuracy at batch {batch:g}, lr {lr:g}: {'; '.join(parts)} vs none "
         f"{_fmt(none['mean'], none['std'], int(none['count']))}"
     )
-    verdict = "reproduced" if all(faster) else "not reproduced"
-    return Finding("F1", "BN converges faster", evidence, verdict)
+    claim = "BN converges faster"
+    final_none = summary[
+        (summary["norm"] == "none") & (summary["batch_size"] == batch) & (summary["lr"] == lr)
+    ]
+    best_none = float(final_none["val/acc mean"].max())
+    if best_none < NEAR_CHANCE:
+        reason = (
+            f"not measurable: the no-norm baseline never left chance (final test accuracy {best_none:.3f})"
+        )
+        return Finding("F1", claim, evidence, reason)
+    faster = all(p < ALPHA for p in adjusted)
+    return Finding("F1", claim, evidence, "reproduced" if faster else "not reproduced")
 
 
 def _val(summary: pd.DataFrame, norm: str, batch: float) -> float:
@@ -69,32 +124,61 @@ def _val(summary: pd.DataFrame, norm: str, batch: float) -> float:
     return float(cell["val/acc mean"].iloc[0]) if len(cell) else math.nan
 
 
-def batch_size_matters_more_with_bn(summary: pd.DataFrame) -> Finding | None:
-    """F2: drop in test accuracy from each norm's best batch size to batch 2 and 4, BN vs none."""
-    norms = set(summary["norm"])
-    if summary["batch_size"].nunique() < 4 or "none" not in norms or not norms & set(BN_NORMS):
-        return None
-    best = summary.groupby("norm")["val/acc mean"].max()
-    drops = {
-        norm: {b: best[norm] - _val(summary, norm, b) for b in (2, 4)}
-        for norm in ["none", *[n for n in BN_NORMS if n in norms]]
-    }
-    evidence = "; ".join(
-        f"{norm}: best {best[norm]:.3f}, drop to batch 2 {d[2]:+.3f}, to batch 4 {d[4]:+.3f}"
-        for norm, d in drops.items()
+def _best(summary: pd.DataFrame, norm: str) -> dict:
+    """The norm's batch size (>= 2) with the highest mean test accuracy."""
+    cells = summary[(summary["norm"] == norm) & (summary["batch_size"] >= 2)].dropna(subset=["val/acc mean"])
+    return cells.loc[cells["val/acc mean"].idxmax()].to_dict()
+
+
+def _at(summary: pd.DataFrame, norm: str, batch: float) -> dict | None:
+    cell = summary[(summary["norm"] == norm) & (summary["batch_size"] == batch)].dropna(
+        subset=["val/acc mean"]
     )
-    if best["none"] < NEAR_CHANCE:
+    return cell.iloc[0].to_dict() if len(cell) else None
+
+
+def batch_size_matters_more_with_bn(summary: pd.DataFrame) -> Finding | None:
+    """F2: BN loses more than one point more than no norm between its best batch size and batch 2:
+    a one-sided t test of the difference of the two drops (Welch-Satterthwaite over the four cells),
+    Holm over the BN kinds. The best cell is picked by its mean, which biases both drops up alike."""
+    norms = set(summary["norm"])
+    bn_norms = [n for n in BN_NORMS if n in norms]
+    if summary["batch_size"].nunique() < 4 or "none" not in norms or not bn_norms:
+        return None
+    if any(_at(summary, norm, 2.0) is None for norm in ["none", *bn_norms]):
+        return None
+    claim = "batch size matters more with BN"
+    cells = {norm: (_best(summary, norm), _at(summary, norm, 2.0)) for norm in ["none", *bn_norms]}
+    evidence = "; ".join(
+        f"{norm}: best {best['val/acc mean']:.3f} at batch {best['batch_size']:g}, "
+        f"{two['val/acc mean']:.3f} at batch 2 (drop {best['val/acc mean'] - two['val/acc mean']:+.3f})"
+        for norm, (best, two) in cells.items()
+    )
+    best_none = cells["none"][0]["val/acc mean"]
+    if best_none < NEAR_CHANCE:
         return Finding(
             "F2",
-            "batch size matters more with BN",
-            evidence + f" — the no-norm baseline never left chance "
-            f"(best {best['none']:.3f}) in this budget, so there is no drop to compare with",
+            claim,
+            evidence + f" — the no-norm baseline never left chance (best {best_none:.3f}), "
+            "so there is no drop to compare with",
             "not measurable",
         )
-    more = all(drops[norm][b] > drops["none"][b] + MARGIN for norm in drops if norm != "none" for b in (2, 4))
-    return Finding(
-        "F2", "batch size matters more with BN", evidence, "reproduced" if more else "not reproduced"
+    stuck = unconverged(row for pair in cells.values() for row in pair)
+    if stuck:
+        return _not_converged("F2", claim, evidence, stuck)
+    none_best, none_two = cells["none"]
+    tests = [
+        contrast(
+            [_term(best), _term(two, sign=-1), _term(none_best, sign=-1), _term(none_two)], margin=MARGIN
+        )
+        for best, two in (cells[n] for n in bn_norms)
+    ]
+    adjusted = holm([t.p for t in tests])
+    evidence += " — BN's drop minus none's: " + "; ".join(
+        f"{n} {t.estimate:+.3f} ({_p(p)})" for n, t, p in zip(bn_norms, tests, adjusted, strict=True)
     )
+    more = all(p < ALPHA for p in adjusted)
+    return Finding("F2", claim, evidence, "reproduced" if more else "not reproduced")
 
 
 def batch_one_learns_nothing(summary: pd.DataFrame) -> Finding | None:
@@ -121,7 +205,9 @@ def batch_one_learns_nothing(summary: pd.DataFrame) -> Finding | None:
 
 
 def precise_bn_narrows_spread(summary: pd.DataFrame) -> Finding | None:
-    """F4: at lr 1.0, moving-statistics test accuracy varies across seeds; PreciseBN narrows it."""
+    """F4: at lr 1.0, moving-statistics test accuracy varies across seeds; PreciseBN narrows it.
+    Per BN cell, a one-sided F test of the two variances over the same seeds, Holm over the cells;
+    reproduced where PreciseBN's spread is smaller beyond noise in most of the cells."""
     cells = summary[
         summary["norm"].isin(BN_NORMS)
         & ((summary["effective_lr"] - 1.0).abs() < 1e-9)
@@ -130,23 +216,25 @@ def precise_bn_narrows_spread(summary: pd.DataFrame) -> Finding | None:
     ]
     if cells.empty:
         return None
+    claim = "moving-statistics accuracy varies across seeds; PreciseBN narrows it"
+    rows = cells.to_dict("records")
+    tests = [spread_ratio(row["val/acc sd"], row["val/acc_precise sd"], int(row["n"])) for row in rows]
+    adjusted = holm([p for _, p in tests])
+    narrower = [row["setup"] for row, p in zip(rows, adjusted, strict=True) if p < ALPHA]
     ema, precise = cells["val/acc sd"].mean(), cells["val/acc_precise sd"].mean()
-    ratio = precise / ema if ema > 0 else math.nan
     evidence = (
         f"over {len(cells)} BN cells at lr 1.0: mean sd over seeds {ema:.4f} with moving statistics, "
-        f"{precise:.4f} with PreciseBN (ratio {ratio:.2f})"
+        f"{precise:.4f} with PreciseBN; per cell, PreciseBN's sd over the moving statistics' "
+        "(one-sided F test): "
+        + ", ".join(
+            f"{row['setup']} {r:.2f} ({_p(p)})" for row, (r, _), p in zip(rows, tests, adjusted, strict=True)
+        )
+        + f" — narrower beyond noise in {len(narrower)} of {len(rows)}"
     )
     if ema < MARGIN:
-        return Finding(
-            "F4",
-            "moving-statistics accuracy varies across seeds; PreciseBN narrows it",
-            evidence + "; the spread itself is under one point",
-            "not reproduced",
-        )
-    verdict = "reproduced" if ratio < 1 else "not reproduced"
-    return Finding(
-        "F4", "moving-statistics accuracy varies across seeds; PreciseBN narrows it", evidence, verdict
-    )
+        return Finding("F4", claim, evidence + "; the spread itself is under one point", "not reproduced")
+    verdict = "reproduced" if len(narrower) > len(rows) / 2 else "not reproduced"
+    return Finding("F4", claim, evidence, verdict)
 
 
 def bn_allows_higher_lr(summary: pd.DataFrame) -> Finding | None:
@@ -170,71 +258,114 @@ def bn_allows_higher_lr(summary: pd.DataFrame) -> Finding | None:
     return Finding("F5", claim, evidence, verdict)
 
 
-def _within(summary: pd.DataFrame, norm: str) -> tuple[bool, str]:
-    """Whether ``norm`` stays within one point of its best mean test accuracy at every batch size
-    from its best one down to 2, and the numbers that say so."""
-    cells = summary[(summary["norm"] == norm) & (summary["batch_size"] >= 2)].dropna(subset=["val/acc mean"])
-    best = cells.loc[cells["val/acc mean"].idxmax()]
-    below = cells[cells["batch_size"] <= best["batch_size"]]
-    worst = below.loc[below["val/acc mean"].idxmin()]
-    at_two = cells.loc[cells["batch_size"] == 2, "val/acc mean"]
-    ok = best["val/acc mean"] - worst["val/acc mean"] <= MARGIN
-    if best["batch_size"] == 2:  # nothing below its best: accuracy still rises as batches shrink
-        return ok, f"{norm}: best {best['val/acc mean']:.3f} at batch 2 itself"
-    shown_at_two = f"{at_two.iloc[0]:.3f}" if len(at_two) else "–"
-    text = (
-        f"{norm}: best {best['val/acc mean']:.3f} at batch {best['batch_size']:g}, "
-        f"{shown_at_two} at batch 2, lowest on the way down "
-        f"{worst['val/acc mean']:.3f} at batch {worst['batch_size']:g}"
-    )
-    return ok, text
-
-
 NO_BATCH_STATISTICS = ("group", "layer")
+# Norm kinds that are BN as far as F6 is concerned: ghost BN is BN over its virtual batches.
+FAMILY = {"scratch": "BN", "native": "BN", "ghost": "BN", "batch_renorm": "batch renorm"}
+
+
+def _flatness(rows: list[dict]) -> tuple[list[tuple[dict, Contrast]], dict]:
+    """Against the family's best cell, each other cell's drop: a one-sided t test that it falls
+    more than one point below the best (Welch), before correction."""
+    best = max(rows, key=lambda row: row["val/acc mean"])
+    drops = [
+        (row, contrast([_term(best), _term(row, sign=-1)], margin=MARGIN)) for row in rows if row is not best
+    ]
+    return drops, best
+
+
+def _where(row: dict) -> str:
+    statistics = row.get("statistics_batch", row["batch_size"])
+    if statistics != row["batch_size"]:
+        return f"statistics batch {statistics:g} (SGD {row['batch_size']:g})"
+    return f"batch {row['batch_size']:g}"
 
 
 def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
-    """F6 (the GN paper): which norms stay within one point of their best test accuracy at every
-    batch size from their best one down to 2; GN and LN should, BN should not."""
-    if summary["batch_size"].nunique() < 4 or 2 not in set(summary["batch_size"]):
-        return None
-    norms = [n for n in summary["norm"].unique() if n != "none"]
-    if not set(norms) & set(NO_BATCH_STATISTICS) or not set(norms) & set(BN_NORMS):
-        return None
-    results = {norm: _within(summary, norm) for norm in norms}
-    kept = [norm for norm, (ok, _) in results.items() if ok]
-    evidence = "; ".join(text for _, text in results.values())
-    evidence += f" — within one point down to batch 2: {', '.join(kept) or 'none of them'}"
-    expected = all(results[n][0] for n in NO_BATCH_STATISTICS if n in results) and not any(
-        results[n][0] for n in BN_NORMS if n in results
+    """F6 (the GN paper): group and layer norm stay within one point of their best accuracy down
+    to a statistics batch of 2; BN does not. Judged over each norm's whole curve (statistics batch
+    >= 2) within each grid of the study: a norm is flat only if no cell falls more than 1 point
+    below its best beyond noise (one-sided Welch t, Holm over all of the finding's comparisons)."""
+    table = summary.copy()
+    if "statistics_batch" not in table:
+        table["statistics_batch"] = table["batch_size"]
+    table["grid"] = table["grid"].fillna("") if "grid" in table else ""
+    table["family"] = table["norm"].map(lambda n: FAMILY.get(n, n))
+    table = table[(table["statistics_batch"] >= 2) & (table["norm"] != "none")].dropna(
+        subset=["val/acc mean"]
     )
+    table = table[table["n"] > 0]
+    families = {
+        key: rows.to_dict("records") for key, rows in table.groupby(["grid", "family"]) if len(rows) >= 2
+    }
+    have = {family for _, family in families}
+    if not have & set(NO_BATCH_STATISTICS) or "BN" not in have or 2 not in set(table["statistics_batch"]):
+        return None
     claim = "group and layer norm stay within 1 point of their best accuracy down to batch 2; BN does not"
+    tests = {key: _flatness(rows) for key, rows in families.items()}
+    flat_p = holm([c.p for drops, _ in tests.values() for _, c in drops])
+    cursor, parts, flat = 0, [], {}
+    for (grid, family), (drops, best) in tests.items():
+        adjusted = flat_p[cursor : cursor + len(drops)]
+        cursor += len(drops)
+        falls = [(row, c, p) for (row, c), p in zip(drops, adjusted, strict=True) if p < ALPHA]
+        flat[(grid, family)] = not falls
+        worst_row, worst = max(drops, key=lambda pair: pair[1].estimate)
+        worst_p = adjusted[drops.index((worst_row, worst))]
+        text = (
+            f"{family}{f' [{grid}]' if grid else ''}: best {best['val/acc mean']:.3f} at {_where(best)}, "
+            f"largest fall {worst.estimate:+.3f} at {_where(worst_row)} ({_p(worst_p)}) → "
+            + ("flat" if not falls else f"falls at {', '.join(_where(r) for r, _, _ in falls)}")
+        )
+        parts.append(text)
+    evidence = "; ".join(parts)
+    stuck = unconverged(row for rows in families.values() for row in rows)
+    if stuck:
+        return _not_converged("F6", claim, evidence, stuck)
+    expected = all(ok for (_, family), ok in flat.items() if family in NO_BATCH_STATISTICS) and not any(
+        ok for (_, family), ok in flat.items() if family == "BN"
+    )
     return Finding("F6", claim, evidence, "reproduced" if expected else "not reproduced")
 
 
-def _against(summary: pd.DataFrame, base: pd.Series, metric: str, counted: bool) -> tuple[str, str]:
-    """Evidence and answer for one metric: each setup's mean, its difference from the baseline
-    and whether that exceeds two standard errors (Welch) and one point."""
+def _difference(row: dict, base: dict, metric: str) -> tuple[Contrast, str]:
+    """Setup minus baseline: a paired t test where both ran the same seeds at the same batch (same
+    init and data orders), else Welch's."""
+    values, base_values = row.get(f"{metric} values"), base.get(f"{metric} values")
+    paired = (
+        isinstance(values, tuple)
+        and isinstance(base_values, tuple)
+        and row.get("seeds") == base.get("seeds")
+        and row["batch_size"] == base["batch_size"]
+        and len(values) == len(base_values)
+    )
+    if paired:
+        return paired_two_sided(list(values), list(base_values)), "paired t"
+    return welch_two_sided(_term(row, metric), _term(base, metric)), "Welch t"
+
+
+def _against(summary: pd.DataFrame, base: dict, metric: str, counted: bool) -> tuple[str, str]:
+    """Evidence and answer for one metric: each setup's mean, its difference from the baseline,
+    the test's Holm-adjusted p; a difference counts at p < 0.05 and at least one point."""
+    rows = [r for r in summary.to_dict("records") if not math.isnan(r[f"{metric} mean"])]
+    compared = [r for r in rows if r["setup"] != base["setup"] and r["n"] > 0]
+    tests = [_difference(r, base, metric) for r in compared]
+    adjusted = dict(zip([r["setup"] for r in compared], holm([c.p for c, _ in tests]), strict=True))
     parts, answers = [], []
-    for row in summary.to_dict("records"):
-        mean, sd, n = row[f"{metric} mean"], row[f"{metric} sd"], row["n"]
-        shown = f"{row['setup']} {_fmt(mean, sd, n)}"
+    for row in rows:
+        shown = f"{row['setup']} {_fmt(row[f'{metric} mean'], row[f'{metric} sd'], row['n'])}"
         shown += f", {row['parameters']:,.0f} parameters" if counted else ""
-        if math.isnan(mean):  # no BN layer, so no PreciseBN figure
-            continue
-        if row["setup"] == base["setup"] or n == 0:
+        if row["setup"] not in adjusted:
             parts.append(shown + (" (baseline)" if row["setup"] == base["setup"] else ""))
             continue
-        diff = mean - base[f"{metric} mean"]
-        pairs = ((sd, n), (base[f"{metric} sd"], base["n"]))
-        se = math.sqrt(sum((s**2) / k for s, k in pairs if k > 1))
-        beyond = abs(diff) > max(2 * se, MARGIN)
-        parts.append(f"{shown}: {diff:+.3f} ± {2 * se:.3f} (2 se)")
-        judged = (
-            f"{'better' if diff > 0 else 'worse'} by {abs(diff):.3f}"
-            if beyond
-            else "no difference beyond noise"
-        )
+        result, test = tests[compared.index(row)]
+        p = adjusted[row["setup"]]
+        parts.append(f"{shown}: {result.estimate:+.3f} ({test}, {_p(p)})")
+        if unconverged([row, base]):
+            judged = f"not measurable (not converged: {', '.join(unconverged([row, base]))})"
+        elif p < ALPHA and abs(result.estimate) >= MARGIN:
+            judged = f"{'better' if result.estimate > 0 else 'worse'} by {abs(result.estimate):.3f}"
+        else:
+            judged = "no difference beyond noise"
         answers.append(f"{row['setup']} {judged}")
     return "; ".join(parts), "; ".join(answers)
 
@@ -242,10 +373,10 @@ def _against(summary: pd.DataFrame, base: pd.Series, metric: str, counted: bool)
 def against_baseline(summary: pd.DataFrame, question: str | None, baseline: str | None) -> Finding | None:
     """F7: each setup against the study's baseline setup, in mean test accuracy with the moving
     statistics (``val/acc``) and, for the setups with BN, with PreciseBN statistics, whose
-    seed-to-seed spread is smaller (F4). A difference counts beyond two standard errors and one point."""
+    seed-to-seed spread is smaller (F4). Holm over the setups of each metric."""
     if not question or not baseline or baseline not in set(summary["setup"]):
         return None
-    base = summary[summary["setup"] == baseline].iloc[0]
+    base = summary[summary["setup"] == baseline].iloc[0].to_dict()
     counted = summary["parameters"].notna().all() and summary["parameters"].nunique() > 1
     precise = summary.loc[summary["setup"] != baseline, "val/acc_precise mean"].notna().any()
     metrics = ["val/acc"] + (

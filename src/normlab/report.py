@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from normlab import findings, plots
+from normlab import convergence, findings, plots
+from normlab.stats_tests import prediction_interval
 from normlab.tracking import PROJECT_ROOT, tracking_uri
 
 METRICS = ("train/loss", "train/acc", "val/acc", "val/acc_precise", "val/acc_batchstats")
@@ -85,6 +86,13 @@ def _stats(values: pd.Series) -> tuple[float, float, float]:
     return float(values.mean()), sd, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 
 
+def _statistics_batch(run: pd.Series) -> float:
+    """What a run's BN normalized over: its virtual batch where smaller than the batch, else the batch."""
+    batch = _number(run.get("tags.batch_size"))
+    virtual = _number(run.get("params.norm.virtual_batch_size"))
+    return min(batch, virtual) if math.isfinite(virtual) else batch
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setup: sweep values, n finished, failures with reasons, and statistics over seeds."""
     rows = []
@@ -104,10 +112,17 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "failure": "; ".join(sorted(set(_column(failed, "tags.failure").dropna().astype(str)))),
             "seeds": ",".join(sorted(finished["tags.seed"].astype(str), key=int)),
             "parameters": pd.to_numeric(_column(group, "tags.parameters"), errors="coerce").max(),
+            "statistics_batch": _statistics_batch(group.iloc[0]),
+            "grid": _column(group, "params.report.grid").replace("None", None).iloc[0],
         }
+        by_seed = finished.assign(_seed=finished["tags.seed"].astype(int)).sort_values("_seed")
         for metric in METRICS:
             values = pd.to_numeric(_column(finished, f"metrics.{metric}"), errors="coerce").dropna()
             row[f"{metric} mean"], row[f"{metric} sd"], row[f"{metric} ci95"] = _stats(values)
+            # Per seed, in seed order: a paired test needs them (F7).
+            row[f"{metric} values"] = tuple(
+                pd.to_numeric(_column(by_seed, f"metrics.{metric}"), errors="coerce")
+            )
             if metric in REFERENCES:
                 published = pd.to_numeric(
                     _column(group, f"params.{REFERENCES[metric]}"), errors="coerce"
@@ -141,6 +156,14 @@ def _published(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.3f}"
 
 
+def _gate_cell(row: dict) -> str:
+    """'yes', or 'no' with the last epoch's numbers (the gate's thresholds are in the page's note)."""
+    if row["converged"] is None or (isinstance(row["converged"], float) and math.isnan(row["converged"])):
+        return "–"
+    detail = str(row["convergence"]).removeprefix("last epoch: ")
+    return "yes" if row["converged"] else f"**no** ({detail})"
+
+
 def markdown_table(summary: pd.DataFrame) -> str:
     """One row per setup: mean ± sd over seeds per metric, d2l's figure where published, the 95% CI
     of val/acc, and why cells failed."""
@@ -152,7 +175,8 @@ def markdown_table(summary: pd.DataFrame) -> str:
     for metric in metrics:
         head += [metric] + (["d2l"] if metric in with_reference else [])
         head += ["val/acc 95% CI"] if metric == "val/acc" else []
-    head += ["notes"]
+    gated = bool("converged" in summary and summary["converged"].notna().any())
+    head += ["converged"] * gated + ["notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary.to_dict("records"):
         cells = [row["setup"], str(row["n"])] + ([f"{row['parameters']:,.0f}"] if counted else [])
@@ -160,6 +184,8 @@ def markdown_table(summary: pd.DataFrame) -> str:
             cells.append(_cell(row[f"{metric} mean"], row[f"{metric} sd"]))
             cells += [_published(row[f"{metric} d2l"])] if metric in with_reference else []
             cells += [_ci(row[f"{metric} mean"], row[f"{metric} ci95"])] if metric == "val/acc" else []
+        if gated:
+            cells.append(_gate_cell(row))
         notes = [f"{row['failed']} failed: {row['failure']}"] if row["failed"] else []
         notes += [f"{row['diverged']} diverged"] if row["diverged"] else []
         cells.append("; ".join(notes).replace("|", "/"))
@@ -168,17 +194,20 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 
 def comparison(summary: pd.DataFrame) -> list[str]:
-    """For each published figure: ours - d2l, and whether d2l's single run lies within mean ± 2 sd of ours."""
+    """For each published figure: ours - d2l, and whether d2l's single run lies in the 95%
+    prediction interval of one new run from our seeds (mean ± t(n-1) sd sqrt(1 + 1/n))."""
     lines = []
     for row in summary.to_dict("records"):
         for metric in REFERENCES:
             mean, sd, published = row[f"{metric} mean"], row[f"{metric} sd"], row[f"{metric} d2l"]
             if math.isnan(published) or math.isnan(mean) or math.isnan(sd):
                 continue
-            verdict = "reproduced" if abs(mean - published) <= 2 * sd else "not reproduced"
+            low, high = prediction_interval(mean, sd, int(row["n"]))
+            verdict = "reproduced" if low <= published <= high else "not reproduced"
             lines.append(
                 f"- {row['setup']}, {metric}: ours {mean:.3f} ± {sd:.3f} (n={row['n']}), "
-                f"d2l {published:.3f}, diff {mean - published:+.3f}, 2 sd = {2 * sd:.3f} → **{verdict}**"
+                f"d2l {published:.3f}, diff {mean - published:+.3f}, 95% prediction interval "
+                f"[{low:.3f}, {high:.3f}] → **{verdict}**"
             )
     return lines
 
@@ -189,7 +218,7 @@ def curves(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
     rows = []
     finished = runs[runs["status"] == "FINISHED"]
     for run_id, setup in zip(finished["run_id"], finished["tags.setup"], strict=True):
-        for metric in plots.CURVE_METRICS:
+        for metric in sorted({*plots.CURVE_METRICS, *convergence.GATE_METRICS}):
             for point in client.get_metric_history(run_id, metric):
                 rows.append((setup, run_id, metric, point.step, point.value))
     return pd.DataFrame(rows, columns=["setup", "run_id", "metric", "epoch", "value"])
@@ -213,6 +242,7 @@ def header(study: str, runs: pd.DataFrame) -> str:
     machines = sorted(set(_column(runs, "tags.machine").dropna()))
     devices = sorted(set(_column(runs, "tags.device").dropna()))
     first, last = runs["start_time"].min(), runs["end_time"].fillna(runs["start_time"]).max()
+    busy = (runs["end_time"].fillna(runs["start_time"]) - runs["start_time"]).sum().total_seconds()
     return "\n".join(
         [
             f"# Results: `{study}`",
@@ -221,7 +251,8 @@ def header(study: str, runs: pd.DataFrame) -> str:
             f"(rerun the study itself with `make sweep EXP={study}`).",
             "",
             f"- runs: {len(runs)}, from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC "
-            f"({(last - first).total_seconds() / 60:.1f} min)",
+            f"({(last - first).total_seconds() / 60:.1f} min wall time; {busy / 60:.1f} min summed over "
+            "runs, which overlap when a sweep runs cells in parallel)",
             f"- training: {_training_profile(runs)}",
             f"- machine: {'; '.join(machines) or 'unknown'}; device: {', '.join(devices) or 'unknown'}",
             f"- commit: {', '.join(commits)}",
@@ -233,10 +264,28 @@ def header(study: str, runs: pd.DataFrame) -> str:
 TABLE_NOTE = (
     "Final-epoch values, mean ± sd over seeds (n = finished runs; 95% CI of the mean by Student's t). "
     "`train/*` are running averages over the last epoch in train mode; `val/acc` is on the 10k test "
-    "split in eval mode (moving statistics); `val/acc_precise` re-estimates BN statistics as a plain "
-    "average over training batches (PreciseBN); `val/acc_batchstats` normalizes each test batch (of the "
+    "split in eval mode (moving statistics); `val/acc_precise` re-estimates BN statistics as the "
+    "population mean and variance of each BN layer's inputs over 10k training images (PreciseBN); "
+    "`val/acc_batchstats` normalizes each test batch (of the "
     "training batch size) by its own statistics."
 )
+
+
+FINDINGS_NOTE = (
+    "Verdicts computed from the numbers above (src/normlab/findings.py). Differences are t tests over "
+    "independent seeds (Welch's, or paired where setups share seeds, weight init and data order; "
+    "a difference of drops uses Welch-Satterthwaite's degrees of freedom), Holm-corrected over each "
+    "finding's comparisons, at level 0.05, and count only from one point of accuracy up; spreads use "
+    "the F test. A finding that needs a setup that is not converged says *not measurable*."
+)
+
+
+def gate_note(gate: convergence.Gate) -> str:
+    return (
+        f"**Converged** (`report.converged`): the last epoch raised the mean test accuracy by less than "
+        f"{100 * gate.max_gain:g} point and changed the mean training loss by less than "
+        f"{100 * gate.max_loss_change:g}%."
+    )
 
 
 def latest_param(runs: pd.DataFrame, key: str) -> str | None:
@@ -249,21 +298,30 @@ def latest_param(runs: pd.DataFrame, key: str) -> str | None:
 def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd.DataFrame:
     """Write RESULTS.md, results.csv and plots for ``study`` and log them to its latest sweep."""
     runs = load_runs(study, uri)
+    history = curves(runs, uri)
+    gate = convergence.Gate(
+        float(latest_param(runs, "report.converged.max_gain") or convergence.Gate.max_gain),
+        float(latest_param(runs, "report.converged.max_loss_change") or convergence.Gate.max_loss_change),
+    )
     summary = summarize(runs)
+    gates = convergence.gate_all(history, list(summary["setup"]), gate).set_index("setup")
+    summary["converged"] = summary["setup"].map(gates["converged"]).astype(object)
+    summary["convergence"] = summary["setup"].map(gates["convergence"])
     out_dir = out_dir or PROJECT_ROOT / "experiments" / study
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(out_dir / "results.csv", index=False)
-    history = curves(runs, uri)
+    summary.drop(columns=[c for c in summary if c.endswith(" values")]).to_csv(
+        out_dir / "results.csv", index=False
+    )
     question = latest_param(runs, "report.question")
     sections = [header(study, runs), *(["", f"**Question.** {question}"] if question else [])]
-    sections += ["", TABLE_NOTE, "", markdown_table(summary)]
+    sections += ["", TABLE_NOTE, "", gate_note(gate), "", markdown_table(summary)]
 
     figures = plots.draw_all(summary, history, out_dir, present_metrics(summary))
     sections += [f"\n![{title}]({path.name})" for title, path in figures]
 
     found = findings.evaluate(summary, history, question, latest_param(runs, "report.baseline"))
     if found:
-        sections += ["", "## Findings", "", "Verdicts computed from the numbers above.", ""]
+        sections += ["", "## Findings", "", FINDINGS_NOTE, ""]
         sections += [f"- **{f.name}** — {f.claim}: {f.evidence} → **{f.verdict}**" for f in found]
     compared = comparison(summary)
     if compared:
@@ -271,8 +329,9 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
             "",
             "## Against d2l's published figures",
             "",
-            "Computed from the table: a figure is *reproduced* when d2l's single run lies within our mean "
-            "± 2 sd over seeds (d2l's test accuracy is our `val/acc`).",
+            "Computed from the table: d2l publishes one run, so a figure is *reproduced* when it lies in "
+            "the 95% prediction interval of one new run from our seeds, mean ± t(n−1)·sd·√(1 + 1/n) "
+            "(d2l's test accuracy is our `val/acc`).",
             "",
             *compared,
         ]
