@@ -140,3 +140,39 @@ def test_question_and_parameter_counts_appear_when_set(store: str, tmp_path: Pat
     assert "| setup | n | parameters |" in results and "| bn | 3 | 44,878 |" in results
     assert "**F7** — Does it matter?" in results and "against bn, val/acc: plain" in results
     assert (tmp_path / "final_accuracy.png").stat().st_size > 5_000
+
+
+def test_a_study_with_grids_plots_the_statistics_batch_and_gates_convergence(
+    store: str, tmp_path: Path
+) -> None:
+    """Runs tagged like norm_batch's: ghost BN over virtual batches at one SGD batch, group norm as
+    a control; the page shows the statistics batch, the convergence gate and F6 per grid."""
+    client = MlflowClient(store)
+    experiment = client.create_experiment("grids")
+    cells = [
+        ("ghost", 2, 0.70, 0.68),
+        ("ghost", 8, 0.80, 0.80),
+        ("ghost", None, 0.82, 0.82),
+        ("group", None, 0.8, 0.8),
+    ]
+    for norm, virtual, final, before in cells:
+        for seed in range(3):
+            tags = {"setup": f"{norm}-{virtual}", "seed": str(seed), "norm": norm, "batch_size": "128",
+                    "git_commit": "a" * 40, "git_dirty": "false"}  # fmt: skip
+            run = client.create_run(experiment, tags=tags)
+            value = final + 0.002 * seed
+            metrics = [Metric("val/acc", before + 0.002 * seed, 0, 1), Metric("val/acc", value, 0, 2)]
+            metrics += [Metric("train/loss", 0.5, 0, 1), Metric("train/loss", 0.499, 0, 2)]
+            params = [Param("report.grid", "SGD batch 128"), Param("norm.virtual_batch_size", str(virtual))]
+            client.log_batch(run.info.run_id, metrics=metrics, params=params)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    summary = report.write("grids", store, out_dir=tmp_path).set_index("setup")
+    assert (
+        summary.loc["ghost-2", "statistics_batch"] == 2
+        and summary.loc["ghost-None", "statistics_batch"] == 128
+    )
+    assert summary.loc["ghost-8", "converged"] and not summary.loc["ghost-2", "converged"]
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "| **no** (test acc +2.0 pt, train loss 0.2% change) |" in results
+    assert "**Converged** (`report.converged`)" in results
+    assert (tmp_path / "accuracy_vs_statistics_batch.png").stat().st_size > 10_000

@@ -5,7 +5,8 @@ Measured (samples/s of training passes; the first epoch is warm-up and not count
   writes) and the platform's ``fit`` (Lightning, callbacks, MLflow) on the same model and data, at
   batch 256 and 8, for every norm kind. Runs alternate and each reports its median epoch, so a
   noisy neighbour hurts both sides alike;
-- scratch vs native BN time per step, from the platform runs;
+- scratch vs native BN time per step, from the platform runs; ghost BN with virtual batch 2 at
+  batch 128 (64 statistics groups per layer, one reshape) vs native BN, per step;
 - MLflow logging: seconds inside the logger's ``log_metrics`` over the seconds of the whole fit;
 - sweep throughput: the same small sweep with 1 and with N parallel jobs (pool launcher).
 
@@ -125,6 +126,35 @@ def sweep_seconds(jobs: int, store: str, workdir: Path) -> float:
     return time.perf_counter() - started
 
 
+def step_seconds(norm: str, options: list[str], batch_size: int, steps: int) -> float:
+    """Median seconds of a training step (forward, backward, SGD) of BN-LeNet with ``norm``."""
+    cfg = compose_config([f"norm={norm}", *options, f"data.batch_size={batch_size}"])
+    torch.manual_seed(0)
+    net = build_net(cfg).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    images, labels = torch.rand(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        loss = F.cross_entropy(net(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[steps // 5 :])  # the first fifth warms up
+
+
+def ghost_step_ratio(repeats: int = 5, steps: int = 50) -> float:
+    """Ghost BN at batch 128 with virtual batch 2 (64 statistics groups per layer) over native BN's
+    step time, runs alternating so that load drifts hit both; the median of the per-pair ratios."""
+    ratios = []
+    for _ in range(repeats):
+        native = step_seconds("native", [], 128, steps)
+        ghost = step_seconds("ghost", ["norm.virtual_batch_size=2"], 128, steps)
+        ratios.append(ghost / native)
+    return statistics.median(ratios)
+
+
 def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = print) -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="normlab-bench-") as workdir:
@@ -158,6 +188,8 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
             )
             results[f"bs{batch_size}/scratch_vs_native"] = step_ratio
             say(f"bs{batch_size:<4} scratch BN time per step = {step_ratio:.2f} x native")
+        results["ghost_vs_native"] = ghost_step_ratio()
+        say(f"bs128  ghost BN (virtual batch 2) time per step = {results['ghost_vs_native']:.2f} x native")
         if sweep:
             jobs = max(2, min(4, os.cpu_count() or 1))
             one, many = sweep_seconds(1, store, Path(workdir)), sweep_seconds(jobs, store, Path(workdir))

@@ -137,6 +137,51 @@ def plot_setups(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+FAMILY = {"scratch": "BN", "native": "BN", "ghost": "BN", "batch_renorm": "batch renorm"}
+
+
+def plot_grids(summary: pd.DataFrame, path: Path) -> None:
+    """One panel per grid of a study with several: test accuracy against the statistics batch
+    (where the SGD batch is fixed) or the SGD batch (where it varies), one colour per norm, moving
+    statistics solid and PreciseBN dashed; a norm with one cell in a grid is a horizontal line."""
+    grids = [g for g in summary["grid"].dropna().unique()]
+    fig, axes = plt.subplots(1, len(grids), figsize=(6.5 * len(grids), 4.6), sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    families = sorted({FAMILY.get(n, n) for n in summary["norm"]})
+    for axis, grid in zip(axes[0], grids, strict=True):
+        cells = summary[summary["grid"] == grid].assign(
+            family=lambda t: t["norm"].map(lambda n: FAMILY.get(n, n))
+        )
+        x_key = "batch_size" if cells["batch_size"].nunique() > 1 else "statistics_batch"
+        for family, group in cells.groupby("family"):
+            color = colors[families.index(family) % len(colors)]
+            group = group.sort_values(x_key)
+            for metric, style in (("val/acc", "-"), ("val/acc_precise", "--")):
+                mean, sd = group[f"{metric} mean"], group[f"{metric} sd"].fillna(0.0)
+                if mean.isna().all():
+                    continue
+                label = f"{family} {metric}"
+                if len(group) == 1:
+                    axis.axhline(
+                        float(mean.iloc[0]), color=color, linestyle=style, linewidth=1.2, label=label
+                    )
+                    continue
+                axis.plot(
+                    group[x_key], mean, linestyle=style, marker="o", color=color, markersize=4, label=label
+                )
+                axis.fill_between(group[x_key], mean - sd, mean + sd, color=color, alpha=0.12)
+        axis.set_xscale("log", base=2)
+        varying = "SGD batch (ghost BN normalizes over its virtual batches)"
+        axis.set_xlabel(varying if x_key == "batch_size" else "statistics batch (SGD batch fixed)")
+        axis.set_title(str(grid))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("test accuracy (mean ± sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def swept_parameter(summary: pd.DataFrame) -> str | None:
     """The tag the study varies over at least three values, if any."""
     for key in ("batch_size", "momentum", "lr"):
@@ -151,7 +196,11 @@ def draw_all(
     """Draw the study's plots into ``out_dir``; return (title, path) of each."""
     figures = []
     swept = swept_parameter(summary)
-    if swept:
+    if "grid" in summary and summary["grid"].notna().any():
+        path = out_dir / "accuracy_vs_statistics_batch.png"
+        plot_grids(summary, path)
+        figures.append(("test accuracy vs the statistics batch, per grid", path))
+    elif swept:
         path = out_dir / f"accuracy_vs_{swept}.png"
         # Beyond three norms, three evaluation modes each would be a tangle: moving statistics only.
         modes = [m for m in MODES if m in metrics] if summary["norm"].nunique() <= 3 else ["val/acc"]
