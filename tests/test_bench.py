@@ -10,6 +10,7 @@ from normlab import bench
 @pytest.mark.slow
 def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "SUBSETS", {256: 512, 8: 64})
+    monkeypatch.setattr(bench, "ghost_step_ratio", lambda: bench.step_seconds("ghost", [], 16, 5) / 0.01)
     lines: list[str] = []
     results = bench.run(epochs=2, repeats=1, sweep=False, say=lines.append)
     for batch in (256, 8):
@@ -19,3 +20,4 @@ def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> Non
         assert results[f"bs{batch}/scratch_vs_native"] > 0
     assert re.fullmatch(r"speed ratio vs reference: bs256=\d+\.\d\d bs8=\d+\.\d\d", bench.final_line(results))
     assert any("scratch BN time per step" in line for line in lines)
+    assert results["ghost_vs_native"] > 0 and any("ghost BN (virtual batch 2)" in line for line in lines)

@@ -102,8 +102,8 @@ def test_ghost_bn_holding_the_whole_batch_is_trained_once_as_bn(compose_config, 
     """Ghost BN with a virtual batch >= the batch is BN: named, fingerprinted and trained as scratch
     BN, so after the scratch cell it is skipped; batch renorm's virtual batch likewise drops."""
     quick = ["data.batch_size=32", "data.train_subset=256", "trainer.max_epochs=1", f"tracking.uri={store}"]
-    ghost = compose_config(["norm=ghost", "norm.virtual_batch_size=32", *quick])
-    scratch = compose_config(["norm=scratch", *quick])
+    ghost = compose_config(["norm=ghost", "norm.virtual_batch_size=32", "report.grid=ghost grid", *quick])
+    scratch = compose_config(["norm=scratch", "report.grid=BN grid", *quick])
     assert tracking.fingerprint(canonical(ghost)) == tracking.fingerprint(scratch)
     assert tracking.run_name(canonical(ghost)) == "scratch-bs32-m0.1-lr0.9-s0"
     smaller = compose_config(["norm=ghost", "norm.virtual_batch_size=16", *quick])
@@ -111,7 +111,9 @@ def test_ghost_bn_holding_the_whole_batch_is_trained_once_as_bn(compose_config, 
     renorm = compose_config(["norm=batch_renorm", "norm.virtual_batch_size=64", *quick])
     assert canonical(renorm).norm.virtual_batch_size is None
     assert fit(scratch, []).action == "new"
-    assert fit(ghost, []).action == "skip"
+    skipped = fit(ghost, [])
+    assert skipped.action == "skip"  # the run now counts in both grids of the study
+    assert MlflowClient(store).get_run(skipped.run_id).data.tags["grids"] == "BN grid; ghost grid"
 
 
 def test_batch_renorm_over_one_sample_is_refused_with_its_reason(compose_config, store: str) -> None:

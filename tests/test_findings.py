@@ -325,3 +325,7 @@ def test_the_convergence_gate_reads_the_last_epoch() -> None:
     assert converged is False and why == "last epoch: test acc +1.0 pt, train loss 1.0% change"
     assert convergence.check(history([0.5, 0.80, 0.80], [1.0, 0.50, 0.48]), "s", gate)[0] is False
     assert convergence.check(history([0.5], [1.0]), "s", gate)[0] is None
+    assert convergence.check(history([0.10, 0.13], [2.31, 2.30]), "s", gate) == (
+        None,
+        "at chance (test acc 0.130)",
+    )

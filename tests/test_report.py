@@ -66,7 +66,7 @@ def test_mean_sd_n_of_final_epoch_per_setup(store: str, tmp_path: Path) -> None:
     ci = f"[{statistics.mean(bn) - half:.3f}, {statistics.mean(bn) + half:.3f}]"
     assert f"| bn | 3 | 0.167 ± 0.031 | 0.883 ± 0.031 | 0.833 ± 0.031 | 0.807 | {ci} |  |" in results
     assert "| plain | 2 |" in results and "| 1 failed: ValueError: boom |" in results
-    assert "machine: testbox" in results and "commit: aaaaaaaaaa" in results
+    assert "machine: testbox" in results and "trained at: aaaaaaaaaa" in results
     assert "make table EXP=toy" in results
     csv = pd.read_csv(tmp_path / "results.csv").set_index("setup")
     assert csv.loc["bn", "val/acc ci95"] == pytest.approx(half)

@@ -4,6 +4,8 @@ A setup (its seeds' mean curves) has converged when its last epoch raised the me
 less than ``max_gain`` and changed the mean training loss by less than ``max_loss_change`` of its
 value; thresholds come from the study's ``report.converged``. A finding that needs an unconverged
 setup says "not measurable" instead of a verdict: its number would still move with more budget.
+A setup whose final mean test accuracy is below ``AT_CHANCE`` never left chance: the gate does not
+apply (its epoch-to-epoch moves are noise around 0.1), and the findings treat it as learning nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 GATE_METRICS = ("val/acc", "train/loss")
+AT_CHANCE = 0.2  # 10 balanced classes: chance is 0.1
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ def check(history: pd.DataFrame, setup: str, gate: Gate) -> tuple[bool | None, s
     if any(len(curve) < 2 for curve in curves.values()):
         return None, "fewer than 2 epochs"
     accuracy, loss = curves["val/acc"], curves["train/loss"]
+    if accuracy.iloc[-1] < AT_CHANCE:
+        return None, f"at chance (test acc {accuracy.iloc[-1]:.3f})"
     gain = float(accuracy.iloc[-1] - accuracy.iloc[-2])
     change = float(abs(loss.iloc[-1] - loss.iloc[-2]) / max(abs(loss.iloc[-2]), 1e-12))
     converged = gain < gate.max_gain and change < gate.max_loss_change

@@ -56,7 +56,7 @@ def _p(adjusted: float) -> str:
 
 def unconverged(rows: Iterable[dict]) -> list[str]:
     """The setups among ``rows`` whose last epoch still moved (the summary's ``converged`` False)."""
-    return [row["setup"] for row in rows if row.get("converged") is False]
+    return list(dict.fromkeys(row["setup"] for row in rows if row.get("converged") is False))
 
 
 def _not_converged(name: str, claim: str, evidence: str, setups: list[str]) -> Finding:
@@ -288,7 +288,9 @@ def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
     table = summary.copy()
     if "statistics_batch" not in table:
         table["statistics_batch"] = table["batch_size"]
-    table["grid"] = table["grid"].fillna("") if "grid" in table else ""
+    # A setup two grids share counts in both (its "grid" lists them, "; "-separated).
+    table["grid"] = table["grid"].fillna("").str.split("; ") if "grid" in table else ""
+    table = table.explode("grid")
     table["family"] = table["norm"].map(lambda n: FAMILY.get(n, n))
     table = table[(table["statistics_batch"] >= 2) & (table["norm"] != "none")].dropna(
         subset=["val/acc mean"]

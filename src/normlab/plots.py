@@ -144,6 +144,7 @@ def plot_grids(summary: pd.DataFrame, path: Path) -> None:
     """One panel per grid of a study with several: test accuracy against the statistics batch
     (where the SGD batch is fixed) or the SGD batch (where it varies), one colour per norm, moving
     statistics solid and PreciseBN dashed; a norm with one cell in a grid is a horizontal line."""
+    summary = summary.assign(grid=summary["grid"].str.split("; ")).explode("grid")  # a shared cell: each
     grids = [g for g in summary["grid"].dropna().unique()]
     fig, axes = plt.subplots(1, len(grids), figsize=(6.5 * len(grids), 4.6), sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

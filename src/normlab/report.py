@@ -8,6 +8,7 @@ the study's latest sweep (its parent run) in MLflow.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from normlab import convergence, findings, plots
+from normlab import convergence, findings, plots, tracking
 from normlab.stats_tests import prediction_interval
 from normlab.tracking import PROJECT_ROOT, tracking_uri
 
@@ -86,6 +87,14 @@ def _stats(values: pd.Series) -> tuple[float, float, float]:
     return float(values.mean()), sd, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 
 
+def _grids(run: pd.Series) -> str | None:
+    tagged, recorded = run.get(f"tags.{tracking.GRIDS_TAG}"), run.get("params.report.grid")
+    for value in (tagged, recorded):
+        if isinstance(value, str) and value not in ("", "None"):
+            return value
+    return None
+
+
 def _statistics_batch(run: pd.Series) -> float:
     """What a run's BN normalized over: its virtual batch where smaller than the batch, else the batch."""
     batch = _number(run.get("tags.batch_size"))
@@ -113,7 +122,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "seeds": ",".join(sorted(finished["tags.seed"].astype(str), key=int)),
             "parameters": pd.to_numeric(_column(group, "tags.parameters"), errors="coerce").max(),
             "statistics_batch": _statistics_batch(group.iloc[0]),
-            "grid": _column(group, "params.report.grid").replace("None", None).iloc[0],
+            # The grids the setup serves ("; "-separated: a cell two grids list trains once).
+            "grid": _grids(group.iloc[0]),
         }
         by_seed = finished.assign(_seed=finished["tags.seed"].astype(int)).sort_values("_seed")
         for metric in METRICS:
@@ -159,7 +169,7 @@ def _published(value: float) -> str:
 def _gate_cell(row: dict) -> str:
     """'yes', or 'no' with the last epoch's numbers (the gate's thresholds are in the page's note)."""
     if row["converged"] is None or (isinstance(row["converged"], float) and math.isnan(row["converged"])):
-        return "–"
+        return "at chance" if str(row["convergence"]).startswith("at chance") else "–"
     detail = str(row["convergence"]).removeprefix("last epoch: ")
     return "yes" if row["converged"] else f"**no** ({detail})"
 
@@ -255,10 +265,28 @@ def header(study: str, runs: pd.DataFrame) -> str:
             "runs, which overlap when a sweep runs cells in parallel)",
             f"- training: {_training_profile(runs)}",
             f"- machine: {'; '.join(machines) or 'unknown'}; device: {', '.join(devices) or 'unknown'}",
-            f"- commit: {', '.join(commits)}",
-            f"- table generated: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- commit the runs trained at: {', '.join(commits)}",
+            f"- table generated: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by commit {_table_commit()}",
         ]
     )
+
+
+def _table_commit() -> str:
+    commit, dirty = tracking.git_state()
+    return f"{commit[:10]}{' (dirty)' if dirty else ''}"
+
+
+def design(study: str) -> list[str]:
+    """The study's design as its YAML's leading comment says it (why this budget, lr rule, grid)."""
+    path = PROJECT_ROOT / "experiments" / f"{study}.yaml"
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    leading = itertools.takewhile(lambda line: line.startswith("#"), lines)
+    kept = [line[1:].removeprefix(" ") for line in leading if "@package" not in line]
+    if not kept:
+        return []
+    return ["", f"**Design** (from `experiments/{study}.yaml`):", "", "```text", *kept, "```"]
 
 
 TABLE_NOTE = (
@@ -314,6 +342,7 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
     )
     question = latest_param(runs, "report.question")
     sections = [header(study, runs), *(["", f"**Question.** {question}"] if question else [])]
+    sections += design(study)
     sections += ["", TABLE_NOTE, "", gate_note(gate), "", markdown_table(summary)]
 
     figures = plots.draw_all(summary, history, out_dir, present_metrics(summary))

@@ -137,6 +137,21 @@ def open_store(configured_uri: str | None, study: str) -> tuple[MlflowClient, st
         raise StoreError(f"cannot use the tracking store {uri}: {reason}") from None
 
 
+# The grids of a study a run serves (a cell two grids share trains once): "; "-separated.
+GRIDS_TAG = "grids"
+
+
+def join_grid(client: MlflowClient, run_id: str, grid: str | None) -> None:
+    """Count a finished run in one more of its study's grids (a grid that lists an existing cell)."""
+    if not grid:
+        return
+    run = client.get_run(run_id)
+    recorded = run.data.tags.get(GRIDS_TAG) or run.data.params.get("report.grid", "None")
+    grids = [g for g in recorded.split("; ") if g and g != "None"]
+    if grid not in grids:
+        client.set_tag(run_id, GRIDS_TAG, "; ".join([*grids, grid]))
+
+
 def start_run(
     client: MlflowClient,
     cfg: DictConfig,
@@ -170,6 +185,7 @@ def start_run(
         "torch_threads": str(torch.get_num_threads()),
         # Which GPU a parallel sweep pinned this run to ("" = all visible / CPU).
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        **({GRIDS_TAG: cfg.report.grid} if cfg.report.get("grid") else {}),
         **process_tags(),
         **(extra_tags or {}),
     }
