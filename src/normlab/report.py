@@ -87,12 +87,15 @@ def _stats(values: pd.Series) -> tuple[float, float, float]:
     return float(values.mean()), sd, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 
 
-def _grids(run: pd.Series) -> str | None:
-    tagged, recorded = run.get(f"tags.{tracking.GRIDS_TAG}"), run.get("params.report.grid")
-    for value in (tagged, recorded):
-        if isinstance(value, str) and value not in ("", "None"):
-            return value
-    return None
+def _grids(group: pd.DataFrame) -> str | None:
+    """The grids any of the setup's runs serves (its tag, else the grid it was launched in)."""
+    grids: list[str] = []
+    for _, run in group.iterrows():
+        tagged, recorded = run.get(f"tags.{tracking.GRIDS_TAG}"), run.get("params.report.grid")
+        value = tagged if isinstance(tagged, str) and tagged else recorded
+        if isinstance(value, str) and value != "None":
+            grids += [g for g in value.split("; ") if g not in grids]
+    return "; ".join(grids) or None
 
 
 def _statistics_batch(run: pd.Series) -> float:
@@ -123,7 +126,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "parameters": pd.to_numeric(_column(group, "tags.parameters"), errors="coerce").max(),
             "statistics_batch": _statistics_batch(group.iloc[0]),
             # The grids the setup serves ("; "-separated: a cell two grids list trains once).
-            "grid": _grids(group.iloc[0]),
+            "grid": _grids(group),
         }
         by_seed = finished.assign(_seed=finished["tags.seed"].astype(int)).sort_values("_seed")
         for metric in METRICS:
