@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from normlab.convergence import AT_CHANCE
 from normlab.stats_tests import (
     ALPHA,
     Contrast,
@@ -29,7 +30,7 @@ from normlab.stats_tests import (
 
 BN_NORMS = ("scratch", "native")
 CHANCE = 0.1
-NEAR_CHANCE = CHANCE + 0.1  # "learns nothing": below this on 10 balanced classes
+NEAR_CHANCE = AT_CHANCE  # "learns nothing": below this on 10 balanced classes (the gate skips such cells)
 LEARNED = 0.5  # a run "trains" at a learning rate when its mean test accuracy exceeds this
 MARGIN = 0.01  # one accuracy point
 
@@ -117,11 +118,6 @@ def converges_faster(summary: pd.DataFrame, history: pd.DataFrame) -> Finding | 
         return Finding("F1", claim, evidence, reason)
     faster = all(p < ALPHA for p in adjusted)
     return Finding("F1", claim, evidence, "reproduced" if faster else "not reproduced")
-
-
-def _val(summary: pd.DataFrame, norm: str, batch: float) -> float:
-    cell = summary[(summary["norm"] == norm) & (summary["batch_size"] == batch)]
-    return float(cell["val/acc mean"].iloc[0]) if len(cell) else math.nan
 
 
 def _best(summary: pd.DataFrame, norm: str) -> dict:

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from normlab.findings import FAMILY  # noqa: E402  (how F6 groups norm kinds, so the plot shows the same)
+
 CURVE_METRICS = ("train/acc", "val/acc")
 LINE_STYLES = ("-", "--", ":", "-.")
 # Evaluation modes drawn against a swept value, each in its own line style and marker.
@@ -135,9 +137,6 @@ def plot_setups(summary: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-FAMILY = {"scratch": "BN", "native": "BN", "ghost": "BN", "batch_renorm": "batch renorm"}
 
 
 def plot_grids(summary: pd.DataFrame, path: Path) -> None:
