@@ -29,7 +29,6 @@ from normlab.stats_tests import (
 )
 
 BN_NORMS = ("scratch", "native")
-CHANCE = 0.1
 NEAR_CHANCE = AT_CHANCE  # "learns nothing": below this on 10 balanced classes (the gate skips such cells)
 LEARNED = 0.5  # a run "trains" at a learning rate when its mean test accuracy exceeds this
 MARGIN = 0.01  # one accuracy point
