@@ -91,10 +91,8 @@ def _grids(group: pd.DataFrame) -> str | None:
     """The grids any of the setup's runs serves (its tag, else the grid it was launched in)."""
     grids: list[str] = []
     for _, run in group.iterrows():
-        tagged, recorded = run.get(f"tags.{tracking.GRIDS_TAG}"), run.get("params.report.grid")
-        value = tagged if isinstance(tagged, str) and tagged else recorded
-        if isinstance(value, str) and value != "None":
-            grids += [g for g in value.split("; ") if g not in grids]
+        for grid in tracking.grids_of(run.get(f"tags.{tracking.GRIDS_TAG}"), run.get("params.report.grid")):
+            grids += [] if grid in grids else [grid]
     return "; ".join(grids) or None
 
 

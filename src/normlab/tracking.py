@@ -14,6 +14,7 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow.entities import Run
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -141,15 +142,19 @@ def open_store(configured_uri: str | None, study: str) -> tuple[MlflowClient, st
 GRIDS_TAG = "grids"
 
 
-def join_grid(client: MlflowClient, run_id: str, grid: str | None) -> None:
+def grids_of(tagged: object, launched_in: object) -> list[str]:
+    """A run's grids: its ``grids`` tag, else the ``report.grid`` param it was launched with."""
+    value = tagged if isinstance(tagged, str) and tagged else launched_in
+    if not isinstance(value, str) or value == "None":
+        return []
+    return [grid for grid in value.split("; ") if grid]
+
+
+def join_grid(client: MlflowClient, run: Run, grid: str | None) -> None:
     """Count a finished run in one more of its study's grids (a grid that lists an existing cell)."""
-    if not grid:
-        return
-    run = client.get_run(run_id)
-    recorded = run.data.tags.get(GRIDS_TAG) or run.data.params.get("report.grid", "None")
-    grids = [g for g in recorded.split("; ") if g and g != "None"]
-    if grid not in grids:
-        client.set_tag(run_id, GRIDS_TAG, "; ".join([*grids, grid]))
+    grids = grids_of(run.data.tags.get(GRIDS_TAG), run.data.params.get("report.grid"))
+    if grid and grid not in grids:
+        client.set_tag(run.info.run_id, GRIDS_TAG, "; ".join([*grids, grid]))
 
 
 def start_run(

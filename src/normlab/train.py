@@ -192,8 +192,9 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
     plan = resume.plan_cell(client, experiment, fingerprint, checkpoint, bool(cfg.force))
     _say(f"[{name}] {plan.action}: {plan.reason}")
     if plan.action == "skip":
-        tracking.join_grid(client, plan.run_id, cfg.report.get("grid"))
-        return Outcome("skip", dict(client.get_run(plan.run_id).data.metrics), plan.run_id)
+        finished = client.get_run(plan.run_id)
+        tracking.join_grid(client, finished, cfg.report.get("grid"))
+        return Outcome("skip", dict(finished.data.metrics), plan.run_id)
     net = build_net(cfg)
     if plan.action == "resume":
         run_id = plan.run_id
