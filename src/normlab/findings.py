@@ -258,6 +258,14 @@ NO_BATCH_STATISTICS = ("group", "layer")
 FAMILY = {"scratch": "BN", "native": "BN", "ghost": "BN", "batch_renorm": "batch renorm"}
 
 
+def by_grid(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setup, grid it serves), with its norm ``family``: a setup two grids share
+    ("; "-separated ``grid``) counts in both; a study without grids is one grid named ""."""
+    grids = summary["grid"].fillna("").str.split("; ") if "grid" in summary else [[""]] * len(summary)
+    table = summary.assign(grid=grids, family=summary["norm"].map(lambda n: FAMILY.get(n, n)))
+    return table.explode("grid")
+
+
 def _flatness(rows: list[dict]) -> tuple[list[tuple[dict, Contrast]], dict]:
     """Against the family's best cell, each other cell's drop: a one-sided t test that it falls
     more than one point below the best (Welch), before correction."""
@@ -280,13 +288,9 @@ def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
     to a statistics batch of 2; BN does not. Judged over each norm's whole curve (statistics batch
     >= 2) within each grid of the study: a norm is flat only if no cell falls more than 1 point
     below its best beyond noise (one-sided Welch t, Holm over all of the finding's comparisons)."""
-    table = summary.copy()
+    table = by_grid(summary)
     if "statistics_batch" not in table:
         table["statistics_batch"] = table["batch_size"]
-    # A setup two grids share counts in both (its "grid" lists them, "; "-separated).
-    table["grid"] = table["grid"].fillna("").str.split("; ") if "grid" in table else ""
-    table = table.explode("grid")
-    table["family"] = table["norm"].map(lambda n: FAMILY.get(n, n))
     table = table[(table["statistics_batch"] >= 2) & (table["norm"] != "none")].dropna(
         subset=["val/acc mean"]
     )

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from normlab.findings import FAMILY  # noqa: E402  (how F6 groups norm kinds, so the plot shows the same)
+from normlab.findings import by_grid  # noqa: E402  (F6's grids and norm families, so the plot shows the same)
 
 CURVE_METRICS = ("train/acc", "val/acc")
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -143,15 +143,13 @@ def plot_grids(summary: pd.DataFrame, path: Path) -> None:
     """One panel per grid of a study with several: test accuracy against the statistics batch
     (where the SGD batch is fixed) or the SGD batch (where it varies), one colour per norm, moving
     statistics solid and PreciseBN dashed; a norm with one cell in a grid is a horizontal line."""
-    summary = summary.assign(grid=summary["grid"].str.split("; ")).explode("grid")  # a shared cell: each
-    grids = [g for g in summary["grid"].dropna().unique()]
+    summary = by_grid(summary)  # a setup two grids share is drawn in both
+    grids = [g for g in summary["grid"].unique() if g]
     fig, axes = plt.subplots(1, len(grids), figsize=(6.5 * len(grids), 4.6), sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    families = sorted({FAMILY.get(n, n) for n in summary["norm"]})
+    families = sorted(set(summary["family"]))
     for axis, grid in zip(axes[0], grids, strict=True):
-        cells = summary[summary["grid"] == grid].assign(
-            family=lambda t: t["norm"].map(lambda n: FAMILY.get(n, n))
-        )
+        cells = summary[summary["grid"] == grid]
         x_key = "batch_size" if cells["batch_size"].nunique() > 1 else "statistics_batch"
         for family, group in cells.groupby("family"):
             color = colors[families.index(family) % len(colors)]
