@@ -7,11 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from normlab.train import CONF_DIR
+from normlab.config import compose
 
 QUICK = ["data.train_subset=2048", "data.batch_size=64", "trainer.max_epochs=2", "trainer.accelerator=cpu"]
 
@@ -23,11 +22,7 @@ def store(tmp_path: Path) -> str:
 
 @pytest.fixture
 def compose_config() -> Callable[[list[str]], DictConfig]:
-    def _compose(overrides: list[str]) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
-
-    return _compose
+    return compose
 
 
 def run_sweep(arguments: list[str], store: str, workdir: Path, **env: str) -> subprocess.CompletedProcess:

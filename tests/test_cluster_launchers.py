@@ -3,16 +3,13 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from normlab.train import CONF_DIR
+from normlab.config import compose
 from tests.conftest import cell_runs, run_sweep
 
 
 def _launcher(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    return dict(cfg.hydra.launcher)
+    return dict(compose(overrides, hydra_config=True).hydra.launcher)
 
 
 def test_slurm_launcher_takes_its_settings_from_config() -> None:

@@ -1,5 +1,6 @@
 """Every config group option, experiment and setup composes and instantiates into a working net."""
 
+import inspect
 import os
 import re
 import subprocess
@@ -9,14 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from normlab.cells import run_name
+from normlab.config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, check_config, group_options, unknown_choice
 from normlab.models import LeNet
 from normlab.norms import NORMS
-from normlab.train import CONF_DIR, ConfigError, build_net, check_config, group_options, unknown_choice
+from normlab.run import build_net
 
 ALL_NORMS = "valid: batch_renorm, ghost, group, layer, mean_only, native, none, scratch, variance_only"
 
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR.parent / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
 def _build(cfg) -> torch.nn.Module:
@@ -29,6 +33,37 @@ def _build(cfg) -> torch.nn.Module:
 
 def test_norm_configs_match_the_registry() -> None:
     assert group_options("norm") == sorted(NORMS)
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    return set(OmegaConf.load(path)) - {"_target_", "name", "kind"}
+
+
+@pytest.mark.parametrize("kind", sorted(NORMS))
+def test_each_norm_config_lists_every_constructor_option(kind: str) -> None:
+    """conf/norm/<kind>.yaml sets every option its constructor takes, and nothing else: a user can
+    see and override each one, and a norm without running statistics has no momentum."""
+    assert _yaml_keys(CONF_DIR / "norm" / f"{kind}.yaml") == set(NORMS[kind].options())
+    assert ("momentum" in NORMS[kind].options()) == NORMS[kind].running_statistics
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_each_model_config_lists_every_lenet_option(model: str) -> None:
+    """So ``model.norm_position=after_activation`` overrides a key instead of needing ``+``."""
+    options = set(list(inspect.signature(LeNet).parameters)[1:])  # all but the norm factory
+    assert _yaml_keys(CONF_DIR / "model" / f"{model}.yaml") == options
+
+
+def test_norms_without_momentum_name_runs_without_it(compose_config) -> None:
+    assert run_name(compose_config(["norm=group"])) == "group-bs256-lr0.9-s0"
+    assert run_name(compose_config(["norm=scratch"])) == "scratch-bs256-m0.1-lr0.9-s0"
+    assert run_name(compose_config(["norm=native", "norm.momentum=null"])) == "native-bs256-mNone-lr0.9-s0"
+
+
+def test_an_option_the_norm_does_not_take_is_one_sentence(compose_config) -> None:
+    message = r"norm.momentum is not an option of norm kind 'group'; its options: eps, num_groups"
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config(["norm=group", "+norm.momentum=0.1"]))
 
 
 def test_experiments_are_the_experiment_group() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from normlab import data
-from normlab.data import DataError, IndexBatches, Split
+from normlab.data import DataError, IndexBatches, SGDCalls, Split
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_seeds_and_epochs_give_independent_orders() -> None:
 
     def order(seed: int, epoch: int, stream: int = data.TRAINING_ORDER) -> tuple[int, ...]:
         batches = IndexBatches(_split(100), batch_size=100, shuffle=True, seed=seed, stream=stream)
-        batches.set_epoch(epoch)
+        batches.sampler.set_epoch(epoch)
         return tuple(next(iter(batches))[1].tolist())
 
     training = {order(seed, epoch) for seed in range(10) for epoch in range(10)}
@@ -125,7 +125,7 @@ def test_seeds_and_epochs_give_independent_orders() -> None:
 def test_unshuffled_batches_keep_order() -> None:
     batches = IndexBatches(_split(7), batch_size=3, shuffle=False)
     assert torch.cat([y for _, y in batches]).tolist() == list(range(7))
-    with pytest.raises(ValueError, match="batch size and group must be at least 1"):
+    with pytest.raises(ValueError, match="batch size must be at least 1"):
         IndexBatches(_split(7), batch_size=0, shuffle=False)
 
 
@@ -141,12 +141,33 @@ def test_single_sample_tail_is_dropped_only_when_asked() -> None:
     assert len(single) == 3  # batch size 1 is all single batches: nothing dropped
 
 
-@pytest.mark.parametrize("group", [2, 3, 10])
-def test_grouped_batches_split_into_the_ungrouped_ones(group: int) -> None:
+@pytest.mark.parametrize("per_call", [2, 3, 10])
+def test_calls_hold_the_single_batches_in_order(per_call: int) -> None:
     plain = IndexBatches(_split(25), batch_size=4, shuffle=True, seed=5, drop_single_tail=True)
-    grouped = IndexBatches(_split(25), batch_size=4, shuffle=True, seed=5, drop_single_tail=True, group=group)
-    assert len(grouped) == -(-6 // group)  # 24 samples (the single tail dropped): 6 batches
+    calls = SGDCalls(
+        IndexBatches(_split(25), batch_size=4, shuffle=True, seed=5, drop_single_tail=True), per_call
+    )
+    assert len(calls) == -(-6 // per_call)  # 24 samples (the single tail dropped): 6 batches
     for _ in range(2):  # two epochs: the same order per epoch either way
         expected = [y for _, y in plain]
-        split = [y for _, ys in grouped for y in ys.split(4)]
-        assert len(split) == len(expected) and all(map(torch.equal, split, expected))
+        passed = list(calls)
+        assert all(len(call) <= per_call for call in passed)
+        cut = [y for call in passed for _, y in call]
+        assert len(cut) == len(expected) and all(map(torch.equal, cut, expected))
+
+
+def test_lightning_sets_the_epoch_through_the_sampler() -> None:
+    """Lightning's loops call ``loader.sampler.set_epoch(epoch)`` before each epoch (that is how a
+    resumed run replays its epoch's order): the sampler must be the order the batches follow."""
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    batches = IndexBatches(_split(30), batch_size=30, shuffle=True, seed=1)
+    calls = SGDCalls(batches, per_call=2)
+    _set_sampler_epoch(calls, 4)
+    fresh = IndexBatches(_split(30), batch_size=30, shuffle=True, seed=1)
+    fresh.sampler.set_epoch(4)
+    first = next(iter(calls))[0][1]
+    assert torch.equal(first, next(iter(fresh))[1])
+    assert not torch.equal(
+        first, next(iter(IndexBatches(_split(30), batch_size=30, shuffle=True, seed=1)))[1]
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from normlab import tracking
-from normlab.train import fit
+from normlab.run import fit
 from tests.conftest import QUICK, cell_runs, run_sweep
 
 CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=3072", "data.batch_size=32",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from normlab.tracking import PROJECT_ROOT
-from normlab.train import fit
+from normlab.config import PROJECT_ROOT
+from normlab.run import fit
 from tests.conftest import QUICK
 
 

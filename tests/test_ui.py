@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from normlab import report
-from normlab.tracking import PROJECT_ROOT
+from normlab.config import PROJECT_ROOT
 from tests.conftest import cell_runs, run_sweep
 
 STUDY = "ui_test"

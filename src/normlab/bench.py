@@ -30,21 +30,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
-from normlab import data, tracking
-from normlab.train import CONF_DIR, build_net, effective_lr, fit
+from normlab import config, data, tracking
+from normlab.config import compose as compose_config
+from normlab.config import effective_lr
+from normlab.run import build_net, fit
 
 NORMS = ("none", "scratch", "native")
 # Images per epoch at each batch size: at least ~100 steps, about a second per epoch on 2 cores.
 SUBSETS = {256: 12288, 8: 2048}
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -100,7 +96,7 @@ def platform_rates(cfg: DictConfig) -> tuple[list[float], float]:
         started = time.perf_counter()
         fit(cfg, overrides=[])
         total = time.perf_counter() - started
-    client = MlflowClient(tracking.tracking_uri(cfg.tracking.uri))
+    client = MlflowClient(cfg.tracking.uri)
     experiment = client.get_experiment_by_name(cfg.study)
     run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]
     history = sorted(client.get_metric_history(run.info.run_id, "perf/samples_per_s"), key=lambda m: m.step)
@@ -244,7 +240,7 @@ def main() -> None:
 
     results = run(arguments.epochs, arguments.repeats, arguments.sweep, say)
     kind = "cuda" if torch.cuda.is_available() else "cpu"
-    out = arguments.out or tracking.PROJECT_ROOT / "experiments" / "bench" / f"RESULTS-{kind}.md"
+    out = arguments.out or config.EXPERIMENTS_DIR / "bench" / f"RESULTS-{kind}.md"
     write_report(out, [*lines, final_line(results)], " ".join(["make bench", *sys.argv[1:]]))
     print(f"wrote {out}")
     print(final_line(results))

@@ -17,14 +17,15 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from normlab.norms import BatchNorm
+from normlab.data import Batch
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-BN_LAYERS = (nn.modules.batchnorm._BatchNorm, BatchNorm)
+Batches = Iterable[Batch]
 
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, BN_LAYERS)]
+    """The layers that keep running statistics, found by torch's buffer names (``running_mean``,
+    ``running_var``), which every BN kind here registers (``NormKind.running_statistics``)."""
+    return [m for m in model.modules() if isinstance(getattr(m, "running_var", None), torch.Tensor)]
 
 
 class PopulationMoments:

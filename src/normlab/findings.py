@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from normlab.convergence import AT_CHANCE
+from normlab.norms import NORMS, WHOLE_BATCH_BN, kinds
 from normlab.stats_tests import (
     ALPHA,
     Contrast,
@@ -28,7 +29,7 @@ from normlab.stats_tests import (
     welch_two_sided,
 )
 
-BN_NORMS = ("scratch", "native")
+BN_NORMS = WHOLE_BATCH_BN
 NEAR_CHANCE = AT_CHANCE  # "learns nothing": below this on 10 balanced classes (the gate skips such cells)
 LEARNED = 0.5  # a run "trains" at a learning rate when its mean test accuracy exceeds this
 MARGIN = 0.01  # one accuracy point
@@ -253,16 +254,19 @@ def bn_allows_higher_lr(summary: pd.DataFrame) -> Finding | None:
     return Finding("F5", claim, evidence, verdict)
 
 
-NO_BATCH_STATISTICS = ("group", "layer")
-# Norm kinds that are BN as far as F6 is concerned: ghost BN is BN over its virtual batches.
-FAMILY = {"scratch": "BN", "native": "BN", "ghost": "BN", "batch_renorm": "batch renorm"}
+NO_BATCH_STATISTICS = kinds(batch_statistics=False)  # F6's flat controls (its "none" cells are left out)
+
+
+def family(norm: str) -> str:
+    """What F6 groups a norm kind with (ghost BN is BN over its virtual batches); unknown: itself."""
+    return NORMS[norm].family if norm in NORMS else norm
 
 
 def by_grid(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per (setup, grid it serves), with its norm ``family``: a setup two grids share
     ("; "-separated ``grid``) counts in both; a study without grids is one grid named ""."""
     grids = summary["grid"].fillna("").str.split("; ") if "grid" in summary else [[""]] * len(summary)
-    table = summary.assign(grid=grids, family=summary["norm"].map(lambda n: FAMILY.get(n, n)))
+    table = summary.assign(grid=grids, family=summary["norm"].map(family))
     return table.explode("grid")
 
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
+from normlab.data import Batch
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -26,14 +28,13 @@ class Classifier(pl.LightningModule):
     ``val/loss``, ``val/acc`` (eval mode: moving statistics), ``lr``, ``time/epoch_s`` (training
     pass) and ``perf/samples_per_s``.
 
-    Speed: Lightning's machinery costs ~0.5 ms per call on a 2-core CPU, a quarter of a LeNet step
-    at batch 8. So each training call receives several SGD batches concatenated (``IndexBatches``
-    with ``group``) and runs their steps itself (Lightning's manual optimization): the same steps in
-    the same order, Lightning's overhead paid once per group. The steps call the torch optimizer
-    and ``backward`` directly (Lightning's wrappers cost another 7% at batch 8, measured by ``make
-    bench``); what those wrappers add, mixed precision and multi-device strategies, is refused in
-    ``on_fit_start`` rather than silently skipped. Per-step sums stay on the device and
-    are read once per epoch: a ``self.log`` per step would cost more than a step. All metrics of an
+    Speed: each training call receives a tuple of SGD batches (``normlab.data.SGDCalls``) and runs
+    their steps itself (Lightning's manual optimization), so Lightning's per-call overhead is paid
+    once per tuple. The steps call the torch optimizer and ``backward`` directly (Lightning's
+    wrappers cost another 7% at batch 8, measured by ``make bench``); what those wrappers add,
+    mixed precision and multi-device strategies, is refused in ``on_fit_start`` rather than
+    silently skipped. Per-step sums stay on the device and are read once per epoch: a ``self.log``
+    per step would cost more than a step. All metrics of an
     epoch are logged together when validation ends (Lightning validates after the last training
     batch of every epoch), so a tracker receives one batch per epoch.
     """
@@ -42,7 +43,6 @@ class Classifier(pl.LightningModule):
         self,
         net: nn.Module,
         optimizer: OptimizerFactory,
-        batch_size: int,
         warmup_steps: int = 0,
         cosine_steps: int = 0,
     ) -> None:
@@ -50,7 +50,6 @@ class Classifier(pl.LightningModule):
         self.automatic_optimization = False
         self.net = net
         self.optimizer_factory = optimizer
-        self.batch_size = batch_size
         self.warmup_steps = warmup_steps
         self.cosine_steps = cosine_steps
         # [sum of loss * n, correct] on the device, and n on the host, for the running epoch per stage
@@ -99,10 +98,10 @@ class Classifier(pl.LightningModule):
                 f"Classifier trains in float32 on one device; got precision={precision}, {devices} devices"
             )
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def training_step(self, batches: tuple[Batch, ...], batch_idx: int) -> None:
         optimizer = self.trainer.optimizers[0]
         schedule = self.trainer.lr_scheduler_configs[0].scheduler
-        for images, labels in zip(*(part.split(self.batch_size) for part in batch), strict=True):
+        for images, labels in batches:
             loss = self._step(images, labels, "train")
             optimizer.zero_grad()
             loss.backward()
@@ -110,7 +109,7 @@ class Classifier(pl.LightningModule):
             if self.warmup_steps or self.cosine_steps:  # in the checkpoint: a resumed run continues it
                 schedule.step()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(*batch, "val")
 
     def _reset(self, stage: str) -> None:
@@ -122,9 +121,6 @@ class Classifier(pl.LightningModule):
             torch.cuda.synchronize(self.device)
 
     def on_train_epoch_start(self) -> None:
-        batches = self.trainer.train_dataloader
-        if hasattr(batches, "set_epoch"):  # a resumed run must see the epoch's own shuffling order
-            batches.set_epoch(self.current_epoch)
         self._reset("train")
         self._synchronize()
         self._train_started = time.perf_counter()

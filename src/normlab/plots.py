@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from normlab.data import CHANCE  # noqa: E402
 from normlab.findings import by_grid  # noqa: E402  (F6's grids and norm families, so the plot shows the same)
 
 CURVE_METRICS = ("train/acc", "val/acc")
@@ -19,7 +20,8 @@ LINE_STYLES = ("-", "--", ":", "-.")
 # Evaluation modes drawn against a swept value, each in its own line style and marker.
 MODES = {"val/acc": ("-", "o"), "val/acc_precise": ("--", "s"), "val/acc_batchstats": (":", "^")}
 LOG_AXES = {"batch_size": 2, "lr": 10}
-CHANCE = 0.1
+# Tags a study may sweep: tables are ordered by them and plotted against them.
+SWEPT = ("batch_size", "momentum", "lr")
 MAX_CURVES = 8
 
 
@@ -182,7 +184,7 @@ def plot_grids(summary: pd.DataFrame, path: Path) -> None:
 
 def swept_parameter(summary: pd.DataFrame) -> str | None:
     """The tag the study varies over at least three values, if any."""
-    for key in ("batch_size", "momentum", "lr"):
+    for key in SWEPT:
         if summary[key].nunique() >= 3:
             return key
     return None

@@ -13,16 +13,16 @@ import math
 import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from normlab import convergence, findings, plots, tracking
+from normlab import cells, config, convergence, findings, plots, tracking
+from normlab.config import EXPERIMENTS_DIR
 from normlab.stats_tests import prediction_interval
-from normlab.tracking import PROJECT_ROOT, tracking_uri
 
 METRICS = ("train/loss", "train/acc", "val/acc", "val/acc_precise", "val/acc_batchstats")
 # Published figures (logged with a setup's config) and the metric each is compared with.
@@ -31,8 +31,7 @@ REFERENCES = {
     "train/acc": "reference.train_acc",
     "val/acc": "reference.test_acc",
 }
-# Tags a study may sweep: tables are ordered by them and plotted against them.
-SWEPT = ("batch_size", "momentum", "lr")
+SWEPT = plots.SWEPT
 # Worse than guessing uniformly (ln 10) by a wide margin: the run blew up even if no NaN appeared.
 DIVERGED_LOSS = 2 * math.log(10)
 
@@ -41,14 +40,39 @@ class ReportError(RuntimeError):
     """The study has no runs to report; the message says which command makes them."""
 
 
-def load_runs(study: str, uri: str | None = None) -> pd.DataFrame:
-    """One row per training run of the study: status, tags, params and last-epoch metrics."""
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    if MlflowClient().get_experiment_by_name(study) is None:
-        raise ReportError(
-            f"no MLflow experiment {study!r} in {tracking_uri(uri)}; run: make sweep EXP={study}"
-        )
-    runs = mlflow.search_runs(experiment_names=[study], output_format="pandas")
+def _frame(runs: list[Run]) -> pd.DataFrame:
+    """Runs as rows (``run_id``, ``status``, ``start_time``, ``end_time``, ``metrics.*``,
+    ``params.*``, ``tags.*``), the columns ``mlflow.search_runs`` gives, without its global store."""
+    rows = []
+    for run in runs:
+        info, recorded = run.info, run.data
+        rows.append({
+            "run_id": info.run_id,
+            "status": info.status,
+            "start_time": pd.Timestamp(info.start_time, unit="ms", tz="UTC"),
+            "end_time": pd.Timestamp(info.end_time, unit="ms", tz="UTC") if info.end_time else pd.NaT,
+            **{f"metrics.{key}": value for key, value in recorded.metrics.items()},
+            **{f"params.{key}": value for key, value in recorded.params.items()},
+            **{f"tags.{key}": value for key, value in recorded.tags.items()},
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def load_runs(study: str, uri: str) -> pd.DataFrame:
+    """One row per training run of the study in the store at ``uri``: status, tags, params and
+    last-epoch metrics."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        raise ReportError(f"no MLflow experiment {study!r} in {uri}; run: make sweep EXP={study}")
+    found, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            break
+    runs = _frame(found)
     if "tags.kind" in runs:  # parent runs of sweeps and summary runs carry no training
         runs = runs[~runs["tags.kind"].isin(["summary", "sweep"])]
     if runs.empty:
@@ -57,11 +81,13 @@ def load_runs(study: str, uri: str | None = None) -> pd.DataFrame:
 
 
 def latest_per_cell(runs: pd.DataFrame) -> pd.DataFrame:
-    """One run per (setup, seed): the latest FINISHED one, else the latest. A study rerun after a
-    config change (or with force=true) would otherwise count a seed twice."""
+    """One run per (setup, seed) (``cells.TABLE_IDENTITY``): the latest FINISHED one, else the
+    latest. A study rerun after a config change (or with force=true) would otherwise count a
+    seed twice."""
     finished = (runs["status"] == "FINISHED").astype(int)
     order = runs.assign(_finished=finished).sort_values(["_finished", "start_time"], ascending=False)
-    return order.drop_duplicates(["tags.setup", "tags.seed"]).drop(columns="_finished").sort_index()
+    identity = [f"tags.{tag}" for tag in cells.TABLE_IDENTITY]
+    return order.drop_duplicates(identity).drop(columns="_finished").sort_index()
 
 
 def _column(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -135,8 +161,13 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 pd.to_numeric(_column(by_seed, f"metrics.{metric}"), errors="coerce")
             )
             if metric in REFERENCES:
+                # A tag (set again when a skipped cell's figures are corrected), else the param
+                # that runs recorded before the figures became tags.
                 published = pd.to_numeric(
-                    _column(group, f"params.{REFERENCES[metric]}"), errors="coerce"
+                    _column(group, f"tags.{REFERENCES[metric]}").fillna(
+                        _column(group, f"params.{REFERENCES[metric]}")
+                    ),
+                    errors="coerce",
                 ).dropna()
                 row[f"{metric} d2l"] = published.iloc[0] if len(published) else math.nan
         rows.append(row)
@@ -223,9 +254,9 @@ def comparison(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def curves(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
+def curves(runs: pd.DataFrame, uri: str) -> pd.DataFrame:
     """Per-epoch history (setup, run_id, metric, epoch, value) of the finished runs."""
-    client = MlflowClient(tracking_uri(uri))
+    client = MlflowClient(uri)
     rows = []
     finished = runs[runs["status"] == "FINISHED"]
     for run_id, setup in zip(finished["run_id"], finished["tags.setup"], strict=True):
@@ -279,7 +310,7 @@ def _table_commit() -> str:
 
 def design(study: str) -> list[str]:
     """The study's design as its YAML's leading comment says it (why this budget, lr rule, grid)."""
-    path = PROJECT_ROOT / "experiments" / f"{study}.yaml"
+    path = EXPERIMENTS_DIR / f"{study}.yaml"
     if not path.is_file():
         return []
     lines = path.read_text().splitlines()
@@ -324,7 +355,7 @@ def latest_param(runs: pd.DataFrame, key: str) -> str | None:
     return values.iloc[-1] if len(values) else None
 
 
-def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd.DataFrame:
+def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
     """Write RESULTS.md, results.csv and plots for ``study`` and log them to its latest sweep."""
     runs = load_runs(study, uri)
     history = curves(runs, uri)
@@ -336,7 +367,7 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
     gates = convergence.gate_all(history, list(summary["setup"]), gate).set_index("setup")
     summary["converged"] = summary["setup"].map(gates["converged"]).astype(object)
     summary["convergence"] = summary["setup"].map(gates["convergence"])
-    out_dir = out_dir or PROJECT_ROOT / "experiments" / study
+    out_dir = out_dir or EXPERIMENTS_DIR / study
     out_dir.mkdir(parents=True, exist_ok=True)
     summary.drop(columns=[c for c in summary if c.endswith(" values")]).to_csv(
         out_dir / "results.csv", index=False
@@ -370,10 +401,10 @@ def write(study: str, uri: str | None = None, out_dir: Path | None = None) -> pd
     return summary
 
 
-def log_summary_run(study: str, uri: str | None, paths: list[Path]) -> None:
+def log_summary_run(study: str, uri: str, paths: list[Path]) -> None:
     """Log the table, CSV and plots with the study's latest sweep (its parent run). A study whose
     runs were not made by a sweep gets a ``summary`` run instead, replaced each time."""
-    client = MlflowClient(tracking_uri(uri))
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(study)
     sweeps = client.search_runs(
         [experiment.experiment_id],
@@ -415,12 +446,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     console = Console()
     try:
-        summary = write(args[0])
+        summary = write(args[0], config.tracking_uri())
     except ReportError as error:
         console.print(f"error: {error}")
         sys.exit(2)
     print_summary(summary, console)
-    console.print(f"wrote {PROJECT_ROOT / 'experiments' / args[0] / 'RESULTS.md'}")
+    console.print(f"wrote {EXPERIMENTS_DIR / args[0] / 'RESULTS.md'}")
 
 
 if __name__ == "__main__":

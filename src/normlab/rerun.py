@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -22,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from normlab import tracking
+from normlab import config, tracking
+from normlab.config import ConfigError
 from normlab.data import DataError
-from normlab.train import CONF_DIR, ConfigError, RunFailed, fit
+from normlab.run import RunFailed, fit
 
 
 class RerunError(RuntimeError):
@@ -45,8 +45,7 @@ def recorded(client: MlflowClient, run_id: str) -> tuple[Run, DictConfig, list[s
             overrides = Path(client.download_artifacts(run_id, "overrides.txt", folder)).read_text()
         except (MlflowException, OSError) as error:
             raise RerunError(f"run {run_id} has no recorded config: {error}") from None
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        defaults = OmegaConf.to_container(compose(config_name="config"))
+    defaults = OmegaConf.to_container(config.compose())
     cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(config))
     return run, cfg, [line for line in overrides.splitlines() if line.strip()]
 
@@ -70,12 +69,13 @@ def compare(original: dict[str, float], rerun: dict[str, float]) -> tuple[Table,
     return table, largest
 
 
-def rerun(run_id: str, console: Console) -> float:
-    """Train the run again as recorded; the largest difference between the two runs' final metrics."""
-    uri = tracking.tracking_uri()
+def rerun(run_id: str, uri: str, console: Console) -> float:
+    """Train run ``run_id`` of the store at ``uri`` again as recorded, into the same store; the
+    largest difference between the two runs' final metrics."""
     client = MlflowClient(uri)
     original, cfg, overrides = recorded(client, run_id)
-    # The rerun lands beside the original; force: a FINISHED run of the same config would skip it.
+    # The rerun lands beside the original (whichever store the recorded config named); force: a
+    # FINISHED run of the same config would skip it.
     cfg.tracking.uri, cfg.force = uri, True
     commit, _ = tracking.git_state()
     if original.data.tags.get("git_commit") not in (None, commit):
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     console = Console()
     try:
-        rerun(args[0], console)
+        rerun(args[0], config.tracking_uri(), console)
     except (RerunError, ConfigError, DataError, tracking.StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

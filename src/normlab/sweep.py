@@ -18,12 +18,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from normlab.config import tracking_uri
 from normlab.tracking import end_run, open_store
 
 OUTCOME_FILE = "outcome.json"
 PARENT_RUN_FILE = "parent_run_id"
-# Cells that failed in the last sweep of this process; `normlab.train.cli` exits non-zero when any did.
-FAILED_CELLS: list[str] = []
 
 
 def record_outcome(job_dir: Path, cell: str, status: str, reason: str = "") -> None:
@@ -58,7 +57,7 @@ def summary(outcomes: list[dict[str, str]], missing: list[str]) -> tuple[str, li
 def start_parent_run(config: DictConfig) -> str:
     """Create the store, the study's experiment and the sweep's parent run (named after the study
     and the start time); write its id into the sweep folder for the jobs. Its id."""
-    client, experiment = open_store(config.tracking.uri, config.study)
+    client, experiment = open_store(tracking_uri(config.tracking.uri), config.study)
     sweep_dir = Path(config.hydra.sweep.dir).resolve()
     tags = {
         "kind": "sweep",
@@ -91,15 +90,17 @@ class PrepareStore(Callback):
 
 class SweepSummary(Callback):
     """After a sweep: what was trained, resumed, skipped and failed, printed and logged with the
-    parent run (FINISHED, or FAILED when a cell failed); failures make the exit status 1."""
+    parent run (FINISHED, or FAILED when a cell failed); failures make the exit status 1 (this
+    callback is the last thing Hydra runs in a sweep)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         text, failed = summary(*read_outcomes(sweep_dir))
         print(text, flush=True)
-        FAILED_CELLS[:] = failed
         run_id = parent_run_id(sweep_dir)
         if run_id:
-            client, _ = open_store(config.tracking.uri, config.study)
+            client, _ = open_store(tracking_uri(config.tracking.uri), config.study)
             client.log_text(run_id, text + "\n", "sweep_summary.txt")
             end_run(client, run_id, "FAILED" if failed else "FINISHED")
+        if failed:
+            raise SystemExit(1)

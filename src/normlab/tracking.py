@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -20,15 +18,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# Keys that say where results go or how they are presented, not what is computed: left out of the
-# fingerprint (so adding such a key does not orphan the finished runs of every study).
-NOT_FINGERPRINTED = ("tracking", "checkpoint_dir", "force", "report")
-
-
-def tracking_uri(configured: str | None = None) -> str:
-    """``configured``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<project root>/mlflow.db``."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+from normlab.config import PROJECT_ROOT
 
 
 def artifact_location(uri: str, study: str) -> str | None:
@@ -67,13 +57,6 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """A short hash of what a run computes (the resolved config less where it is recorded)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    kept = {key: value for key, value in resolved.items() if key not in NOT_FINGERPRINTED}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def git_state() -> tuple[str, bool]:
     """(commit, dirty) of the project checkout; ("unknown", False) outside git."""
     try:
@@ -101,22 +84,6 @@ def machine() -> str:
     )
 
 
-def run_name(cfg: DictConfig) -> str:
-    """``<norm>[-vb<virtual batch>]-bs<batch>-m<momentum>-lr<lr>-s<seed>``: what tells cells apart in
-    the UI's run list (the model is a tag and part of the setup name)."""
-    virtual = cfg.norm.get("virtual_batch_size")
-    kind = cfg.norm.kind + (f"-vb{virtual}" if virtual is not None else "")
-    return f"{kind}-bs{cfg.data.batch_size}-m{cfg.norm.momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
-
-
-def setup_name(cfg: DictConfig) -> str:
-    """What a results table groups seeds by: ``label`` if set, else ``<model>-`` + the run name
-    without the seed."""
-    if cfg.get("label"):
-        return str(cfg.label)
-    return f"{cfg.model.name}-" + run_name(cfg).removesuffix(f"-s{cfg.seed}")
-
-
 def process_tags() -> dict[str, str]:
     """Where the run's process lives: a rerun tells a dead run from one still training."""
     return {"host": platform.node(), "pid": str(os.getpid())}
@@ -126,9 +93,9 @@ class StoreError(RuntimeError):
     """The tracking store cannot be opened or written; the message names it and says why."""
 
 
-def open_store(configured_uri: str | None, study: str) -> tuple[MlflowClient, str]:
-    """A client of the store and the study's experiment id, or a StoreError in one sentence."""
-    uri = tracking_uri(configured_uri)
+def open_store(uri: str, study: str) -> tuple[MlflowClient, str]:
+    """A client of the store at ``uri`` (resolved: ``normlab.config.tracking_uri``) and the study's
+    experiment id, or a StoreError in one sentence."""
     try:
         client = MlflowClient(uri)
         return client, experiment_id(client, study)
@@ -159,43 +126,27 @@ def join_grid(client: MlflowClient, run: Run, grid: str | None) -> None:
 
 def start_run(
     client: MlflowClient,
+    experiment: str,
+    name: str,
     cfg: DictConfig,
     overrides: list[str],
-    device: str,
-    extra_tags: dict[str, str] | None = None,
+    tags: dict[str, str],
 ) -> str:
-    """Create the run in the study's experiment with params, tags and config artifacts; its id.
-
-    ``extra_tags`` adds e.g. ``mlflow.parentRunId`` (nests the run under its sweep in the UI) or
-    ``rerun_of``.
-    """
+    """Create run ``name`` in ``experiment`` with ``tags`` plus where it ran (commit, machine,
+    threads, process), the resolved config as params and as ``config.yaml``, and the command-line
+    overrides as ``overrides.txt``; its id."""
     commit, dirty = git_state()
-    tags = {
-        "kind": "cell",
-        "status": "running",
-        "study": cfg.study,
-        "setup": setup_name(cfg),
-        "model": cfg.model.name,
-        "norm": cfg.norm.kind,
-        "batch_size": str(cfg.data.batch_size),
-        "momentum": str(cfg.norm.momentum),
-        "lr": str(cfg.optimizer.lr),
-        "seed": str(cfg.seed),
+    where = {
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
-        "config_fingerprint": fingerprint(cfg),
-        "device": device,
         "machine": machine(),
         # Float sums are reduced in a thread-count-dependent order: a rerun pins the same count.
         "torch_threads": str(torch.get_num_threads()),
         # Which GPU a parallel sweep pinned this run to ("" = all visible / CPU).
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        **({GRIDS_TAG: cfg.report.grid} if cfg.report.get("grid") else {}),
         **process_tags(),
-        **(extra_tags or {}),
     }
-    run = client.create_run(experiment_id(client, cfg.study), run_name=run_name(cfg), tags=tags)
-    run_id = run.info.run_id
+    run_id = client.create_run(experiment, run_name=name, tags={**where, **tags}).info.run_id
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params_list = [mlflow.entities.Param(key, value) for key, value in params.items()]
     for start in range(0, len(params_list), 100):  # MLflow takes at most 100 params per batch

@@ -1,0 +1,89 @@
+"""What a cell of a study is: its canonical config, its identity, its names, and cells we refuse.
+
+- ``fingerprint``: what a run computes, the resolved config less where it is recorded and how it
+  is presented. Resume and skip find a cell's runs by it (``normlab.resume``).
+- ``setup_name`` and the seed: what a results table counts. One run per (setup, seed), the
+  newest finished one (``normlab.report``): after a config change the setup's new runs replace
+  its old ones instead of adding seeds.
+- ``run_name``: how the UI's run list tells cells apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+# Keys that say where results go or how they are presented, not what is computed: left out of the
+# fingerprint, so fixing a label or recording elsewhere trains nothing again.
+NOT_FINGERPRINTED = ("tracking", "checkpoint_dir", "force", "report", "label", "reference")
+# The tags that identify a table's sample: one run per (setup, seed).
+TABLE_IDENTITY = ("setup", "seed")
+
+
+def canonical(cfg: DictConfig) -> DictConfig:
+    """The cell as it trains. Ghost BN whose virtual batch holds the whole SGD batch *is* BN (the
+    scratch layer, number for number), so it is named, fingerprinted and trained as ``scratch``
+    (once: a sweep listing both skips the second); batch renorm's virtual batch likewise drops."""
+    norm = cfg.norm
+    virtual = norm.get("virtual_batch_size")
+    if virtual is None or virtual < cfg.data.batch_size:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        if norm.kind == "ghost":
+            kept = {key: norm[key] for key in ("_target_", "momentum", "eps")}
+            cfg.norm = {**kept, "kind": "scratch", "affine": True}
+        else:
+            cfg.norm.virtual_batch_size = None
+    return cfg
+
+
+def refusal(cfg: DictConfig) -> str | None:
+    """Why a cell would measure nothing, or None. Batch renorm with statistics over one sample in
+    FC layers: x - mean is 0 there, so a layer outputs weight * d + bias with d a constant for the
+    gradient; nothing below it learns, and any accuracy above chance is a random-feature model's."""
+    if cfg.norm.kind != "batch_renorm" or cfg.model.get("norm_in", "all") not in ("all", "fc"):
+        return None
+    statistics_batch = min(cfg.data.batch_size, cfg.norm.get("virtual_batch_size") or cfg.data.batch_size)
+    if statistics_batch > 1:
+        return None
+    return (
+        "batch renorm over 1 sample in FC layers passes no gradient below them "
+        "(x - mean = 0; r, d are constants): the conv layers would keep their random weights"
+    )
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A short hash of what a run computes (the resolved config less ``NOT_FINGERPRINTED``)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    kept = {key: value for key, value in resolved.items() if key not in NOT_FINGERPRINTED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_name(cfg: DictConfig) -> str:
+    """``<norm>[-vb<virtual batch>]-bs<batch>[-m<momentum>]-lr<lr>-s<seed>``: what tells cells apart
+    in the UI's run list (the model is a tag and part of the setup name). Norms without running
+    statistics have no momentum, and their names none."""
+    virtual = cfg.norm.get("virtual_batch_size")
+    kind = cfg.norm.kind + (f"-vb{virtual}" if virtual is not None else "")
+    momentum = f"-m{cfg.norm.momentum}" if "momentum" in cfg.norm else ""
+    return f"{kind}-bs{cfg.data.batch_size}{momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
+
+
+def setup_name(cfg: DictConfig) -> str:
+    """What a results table groups seeds by: ``label`` if set, else ``<model>-`` + the run name
+    without the seed."""
+    if cfg.get("label"):
+        return str(cfg.label)
+    return f"{cfg.model.name}-" + run_name(cfg).removesuffix(f"-s{cfg.seed}")
+
+
+def presentation_tags(cfg: DictConfig) -> dict[str, str]:
+    """The tags a table reads for how it shows a cell: its setup name and the published figures
+    beside it. Tags, not params, so that a skipped cell takes a corrected label (params are
+    immutable in MLflow)."""
+    reference = cfg.get("reference") or {}
+    return {"setup": setup_name(cfg), **{f"reference.{key}": str(value) for key, value in reference.items()}}

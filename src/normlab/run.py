@@ -1,0 +1,237 @@
+"""Train one cell and record it in MLflow, as four steps: open the cell (skip, resume or start),
+build what trains it, train (recording a failure), close.
+
+``fit`` is what every entry point calls (``normlab.train`` for Hydra, ``rerun``, ``bench``, tests).
+Its config's ``tracking.uri`` is already resolved (``normlab.config.tracking_uri``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from normlab import cells, config, data, resume, tracking
+from normlab.data import IndexBatches, SGDCalls
+from normlab.evalmodes import EvalModes
+from normlab.module import Classifier
+from normlab.norms import NORMS
+from normlab.progress import EpochProgress
+
+
+class RunFailed(RuntimeError):
+    """Training raised (or the cell was refused); the run is recorded as FAILED with a ``failure``
+    tag saying why."""
+
+
+class Outcome(NamedTuple):
+    action: str  # what fit did with the cell: "new" (trained), "resume", or "skip" (see normlab.resume)
+    metrics: dict[str, float]  # the run's final metrics
+    run_id: str  # the MLflow run that holds them
+
+
+# Our EpochProgress replaces Lightning's per-step bar; no checkpoints or summaries in the hot path.
+QUIET_TRAINER = dict(
+    enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0
+)
+
+
+def build_net(cfg: DictConfig) -> torch.nn.Module:
+    """The configured model with the configured norm (``model.name`` labels runs; it is no argument)."""
+    return instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _quiet_libraries() -> None:
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop lines per run
+    # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
+    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A cell opened in its study's store, with what ``resume.plan_cell`` decided to do with it."""
+
+    cfg: DictConfig
+    name: str
+    fingerprint: str
+    client: MlflowClient
+    experiment: str
+    checkpoints: Path
+    plan: resume.Plan
+
+    @property
+    def checkpoint(self) -> Path:
+        return resume.checkpoint_path(self.checkpoints, self.fingerprint)
+
+
+def open_cell(cfg: DictConfig) -> Cell:
+    """Find the cell's runs in the store and plan: skip, resume or start (nothing loaded yet)."""
+    if not cfg.tracking.uri:
+        raise ValueError("fit needs cfg.tracking.uri resolved (normlab.config.tracking_uri)")
+    client, experiment = tracking.open_store(cfg.tracking.uri, cfg.study)
+    fingerprint = cells.fingerprint(cfg)
+    checkpoints = config.checkpoint_dir(cfg.checkpoint_dir)
+    checkpoint = resume.checkpoint_path(checkpoints, fingerprint)
+    plan = resume.plan_cell(client, experiment, fingerprint, checkpoint, bool(cfg.force))
+    cell = Cell(cfg, cells.run_name(cfg), fingerprint, client, experiment, checkpoints, plan)
+    _say(f"[{cell.name}] {plan.action}: {plan.reason}")
+    return cell
+
+
+def skip(cell: Cell) -> Outcome:
+    """A finished cell: count it in this grid, show it as configured now (label, published
+    figures), and return its metrics."""
+    assert cell.plan.run_id is not None
+    finished = cell.client.get_run(cell.plan.run_id)
+    tracking.join_grid(cell.client, finished, cell.cfg.report.get("grid"))
+    for key, value in cells.presentation_tags(cell.cfg).items():
+        if finished.data.tags.get(key) != value:
+            cell.client.set_tag(cell.plan.run_id, key, value)
+    return Outcome("skip", dict(finished.data.metrics), cell.plan.run_id)
+
+
+def start(cell: Cell, net: torch.nn.Module, overrides: list[str], tags: dict[str, str]) -> str:
+    """A new run of the cell (a stale checkpoint removed first), or its killed run reopened; the
+    run id. A refused cell is recorded as FAILED with the reason, and raises RunFailed."""
+    cfg, client = cell.cfg, cell.client
+    if cell.plan.action == "resume":
+        assert cell.plan.run_id is not None
+        client.update_run(cell.plan.run_id, status="RUNNING")
+        for key, value in {**tracking.process_tags(), "status": "running"}.items():
+            client.set_tag(cell.plan.run_id, key, value)
+        return cell.plan.run_id
+    resume.remove_checkpoint(cell.checkpoints, cell.fingerprint)  # a stale one must not be resumed
+    run_tags = {
+        "kind": "cell",
+        "status": "running",
+        "study": cfg.study,
+        "model": cfg.model.name,
+        "norm": cfg.norm.kind,
+        "batch_size": str(cfg.data.batch_size),
+        **({"momentum": str(cfg.norm.momentum)} if "momentum" in cfg.norm else {}),
+        "lr": str(cfg.optimizer.lr),
+        "seed": str(cfg.seed),
+        "config_fingerprint": cell.fingerprint,
+        "device": "pending",
+        # Trainable parameters: what removing the bias before BN or fixing gamma and beta saves.
+        "parameters": str(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+        **({tracking.GRIDS_TAG: cfg.report.grid} if cfg.report.get("grid") else {}),
+        **cells.presentation_tags(cfg),
+        **tags,
+    }
+    run_id = tracking.start_run(client, cell.experiment, cell.name, cfg, overrides, run_tags)
+    refused = cells.refusal(cfg)
+    if refused:  # recorded, so the table says why the cell has no number
+        client.set_tag(run_id, "failure", f"Refused: {refused}")
+        tracking.end_run(client, run_id, "FAILED")
+        raise RunFailed(f"run {cell.name} refused: {refused}")
+    return run_id
+
+
+@dataclass(frozen=True)
+class Training:
+    """What ``trainer.fit`` is given."""
+
+    trainer: pl.Trainer
+    module: Classifier
+    train_calls: SGDCalls
+    val_batches: IndexBatches
+
+
+def build(cell: Cell, net: torch.nn.Module, run_id: str) -> Training:
+    """The trainer (logging into ``run_id``), the data on its device, the module and callbacks."""
+    cfg, client = cell.cfg, cell.client
+    logger = tracking.EpochMLFlowLogger(
+        experiment_name=cfg.study, tracking_uri=cfg.tracking.uri, run_id=run_id
+    )
+    trainer = pl.Trainer(**cfg.trainer, logger=logger, **QUIET_TRAINER)
+    device = trainer.strategy.root_device
+    client.set_tag(run_id, "device", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset, device)
+    batch_size = cfg.data.batch_size
+    sgd_batches = IndexBatches(train_split, batch_size, shuffle=True, seed=cfg.seed, drop_single_tail=True)
+    steps_per_epoch = len(sgd_batches)
+    module = Classifier(
+        net,
+        optimizer=instantiate(cfg.optimizer, lr=config.effective_lr(cfg)),
+        warmup_steps=-(-cfg.warmup_samples // batch_size),
+        cosine_steps=cfg.trainer.max_epochs * steps_per_epoch if cfg.lr_schedule == "cosine" else 0,
+    )
+    trainer.callbacks += [EpochProgress(cell.name), resume.EpochCheckpoint(cell.checkpoint)]
+    if NORMS[cfg.norm.kind].running_statistics:
+        # Batches as large as the training ones, for the evaluations that use batch statistics.
+        precise_sample = IndexBatches(
+            train_split, batch_size, shuffle=True, seed=cfg.seed, stream=data.PRECISE_BN_SAMPLE
+        )
+        test_batches = IndexBatches(test_split, batch_size, shuffle=False)
+        trainer.callbacks.append(EvalModes(precise_sample, test_batches, cfg.eval.precise_samples))
+    per_call = max(1, cfg.data.samples_per_call // batch_size)
+    val_batches = IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False)
+    return Training(trainer, module, SGDCalls(sgd_batches, per_call), val_batches)
+
+
+def train(cell: Cell, run_id: str, training: Training) -> None:
+    """``trainer.fit`` with system metrics; a failure is recorded (FAILED and why) and raises
+    RunFailed, an interruption is recorded as KILLED (its checkpoint lets a rerun resume it)."""
+    cfg, client = cell.cfg, cell.client
+    resuming = cell.plan.action == "resume"
+    try:
+        with tracking.system_metrics(run_id, cfg.tracking.uri, cfg.tracking.system_metrics_s, resuming):
+            training.trainer.fit(
+                training.module,
+                train_dataloaders=training.train_calls,
+                val_dataloaders=training.val_batches,
+                ckpt_path=cell.checkpoint if resuming else None,
+            )
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        client.set_tag(run_id, "failure", f"{type(error).__name__}: {reason}"[:400])
+        tracking.end_run(client, run_id, "FAILED")
+        raise RunFailed(f"run {cell.name} failed: {reason}") from error
+    except BaseException:
+        tracking.end_run(client, run_id, "KILLED")
+        raise
+
+
+def close(cell: Cell, run_id: str, training: Training) -> Outcome:
+    """Mark the run FINISHED (Lightning's logger would, without our status tag), drop its
+    checkpoint, and return its final metrics."""
+    tracking.end_run(cell.client, run_id, "FINISHED")
+    resume.remove_checkpoint(cell.checkpoints, cell.fingerprint)
+    final = {key: float(value) for key, value in training.trainer.callback_metrics.items()}
+    return Outcome(cell.plan.action, final, run_id)
+
+
+def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = None) -> Outcome:
+    """Train one cell as configured, record it in MLflow, and return what was done and its final
+    metrics. A cell with a FINISHED run is skipped, a killed one resumes from its last epoch
+    checkpoint into the same run (``normlab.resume``). ``tags`` go on a new run (its sweep's
+    parent run, the run it reruns)."""
+    config.check_config(cfg)
+    data.check_root(cfg.data.root)
+    cfg = cells.canonical(cfg)
+    _quiet_libraries()
+    cell = open_cell(cfg)
+    if cell.plan.action == "skip":
+        return skip(cell)
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the init (data orders have their own)
+    net = build_net(cfg)
+    run_id = start(cell, net, overrides, tags or {})
+    training = build(cell, net, run_id)
+    train(cell, run_id, training)
+    return close(cell, run_id, training)
