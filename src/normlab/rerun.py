@@ -24,6 +24,7 @@ from rich.table import Table
 from normlab import config, tracking
 from normlab.config import ConfigError
 from normlab.data import DataError
+from normlab.norms import NORMS
 from normlab.run import RunFailed, fit
 
 
@@ -41,12 +42,15 @@ def recorded(client: MlflowClient, run_id: str) -> tuple[Run, DictConfig, list[s
         raise RerunError(f"run {run_id} is a sweep's parent run, not a training run; rerun one of its cells")
     with tempfile.TemporaryDirectory() as folder:
         try:
-            config = Path(client.download_artifacts(run_id, "config.yaml", folder)).read_text()
+            resolved = Path(client.download_artifacts(run_id, "config.yaml", folder)).read_text()
             overrides = Path(client.download_artifacts(run_id, "overrides.txt", folder)).read_text()
         except (MlflowException, OSError) as error:
             raise RerunError(f"run {run_id} has no recorded config: {error}") from None
     defaults = OmegaConf.to_container(config.compose())
-    cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(config))
+    cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(resolved))
+    # Runs recorded before norms without running statistics lost their (unused) momentum.
+    taken = ("_target_", "kind", *NORMS[cfg.norm.kind].options())
+    cfg.norm = {key: value for key, value in cfg.norm.items() if key in taken}
     return run, cfg, [line for line in overrides.splitlines() if line.strip()]
 
 
