@@ -51,13 +51,16 @@ bench: venv data ## speed: platform vs a plain PyTorch loop, scratch vs native B
 lint: venv ## ruff check
 	$(VENV)/bin/ruff check .
 
+# The store: $MLFLOW_TRACKING_URI, else the project's mlflow.db (normlab.config says which, once).
+STORE = $$($(PY) -c 'from normlab.config import tracking_uri; print(tracking_uri())')
+
 ui: venv ## the MLflow UI over the project's store on 127.0.0.1 (PORT, default 5000)
 	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}"
-	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $${PORT:-5000}
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $${PORT:-5000}
 
 server: venv ## an MLflow tracking server over the project's store on 127.0.0.1 (PORT, default 5001; HOST to expose)
 	@echo "tracking server: http://$${HOST:-127.0.0.1}:$${PORT:-5001}  (export MLFLOW_TRACKING_URI=that URL)"
-	$(VENV)/bin/mlflow server --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+	$(VENV)/bin/mlflow server --backend-store-uri "$(STORE)" \
 		--artifacts-destination "$(CURDIR)/mlartifacts" --host $${HOST:-127.0.0.1} --port $${PORT:-5001}
 
 screenshots: venv data browser ## rerun the UI browser test, keeping its screenshots in docs/ (for the README)

@@ -68,6 +68,15 @@ def test_fingerprint_ignores_where_results_go_and_how_they_are_shown(compose_con
     assert cells.fingerprint(a) == cells.fingerprint(b) != cells.fingerprint(c)
 
 
+def test_a_corrected_label_trains_nothing_again_and_shows_in_the_table(compose_config, store: str) -> None:
+    quick = ["data.train_subset=256", "trainer.max_epochs=1", f"tracking.uri={store}"]
+    first = fit(compose_config([*quick, "label=BN-LeNet-tpyo"]), [])
+    again = fit(compose_config([*quick, "label=BN-LeNet", "reference={test_acc:0.8}"]), [])
+    assert (first.action, again.action, again.run_id) == ("new", "skip", first.run_id)
+    summary = report.summarize(report.load_runs("adhoc", store))
+    assert summary["setup"].tolist() == ["BN-LeNet"] and summary["val/acc d2l"].tolist() == [0.8]
+
+
 def test_study_sweep_from_the_command_line_then_its_table(tmp_path: Path, store: str) -> None:
     """The CLI contract: -m over the d2l study's four setups (shrunk), then the table from MLflow."""
     arguments = ["experiment=d2l_bn_lenet", "seed=0", "data.train_subset=256", "trainer.max_epochs=1"]

@@ -10,7 +10,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
-class _NormalizeBatch(torch.autograd.Function):
+class NormalizeBatch(torch.autograd.Function):
     """Training-mode BN: y = (x - mean) / sqrt(var + eps) * weight + bias over ``dims``, with its gradient.
 
     ``shape`` broadcasts the per-channel ``weight`` and ``bias`` against ``x``: (1, C, 1, 1) for a
@@ -149,7 +149,7 @@ class BatchNorm(nn.Module):
         if not self.training:
             return self._normalize(x, self.running_mean.view(shape), self.running_var.view(shape))
         if self.center and self.scale:
-            y, mean, var = _NormalizeBatch.apply(x, self.weight, self.bias, dims, shape, self.eps)
+            y, mean, var = NormalizeBatch.apply(x, self.weight, self.bias, dims, shape, self.eps)
         else:  # mean-only or variance-only (d2l's exercise): autograd's gradient is fast enough here
             mean, var = batch_statistics(x, dims)
             y = self._normalize(x, mean, var)
@@ -166,10 +166,10 @@ class BatchNorm(nn.Module):
     def _track(self, mean: torch.Tensor, var: torch.Tensor, values_per_channel: int) -> None:
         """Moving averages from a batch's mean and *biased* variance over ``values_per_channel``."""
         bessel = values_per_channel / max(values_per_channel - 1, 1)
-        self._track_unbiased(mean, var * bessel)
+        self.track_unbiased(mean, var * bessel)
 
     @torch.no_grad()
-    def _track_unbiased(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+    def track_unbiased(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
         self.num_batches_tracked += 1
         m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_mean.lerp_(mean.detach(), m)

@@ -1,4 +1,4 @@
-"""Batch norm variants for small batches, from scratch on top of ``normlab.norms.BatchNorm``:
+"""Batch norm variants for small batches, from scratch on top of ``normlab.batch_norm.BatchNorm``:
 Batch Renormalization (Ioffe 2017) and Ghost Batch Norm (Hoffer et al. 2017).
 
 Both keep BN's moving statistics, buffers and evaluation path, and both reduce to BN exactly where
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from normlab.batch_norm import BatchNorm, _NormalizeBatch, batch_statistics
+from normlab.batch_norm import BatchNorm, NormalizeBatch, batch_statistics
 
 
 def virtual_batches(x: torch.Tensor, size: int | None) -> list[torch.Tensor]:
@@ -31,7 +31,7 @@ def track_virtual_batches(layer: BatchNorm, stats: list[tuple[torch.Tensor, torc
     channels = layer.num_features
     means = torch.cat([mean.reshape(-1, channels) for mean, _, _ in stats])
     unbiased = torch.cat([var.reshape(-1, channels) * (n / max(n - 1, 1)) for _, var, n in stats])
-    layer._track_unbiased(means.mean(0), unbiased.mean(0))
+    layer.track_unbiased(means.mean(0), unbiased.mean(0))
 
 
 class BatchRenorm(BatchNorm):
@@ -147,7 +147,7 @@ class GhostBatchNorm(BatchNorm):
         grouped_dims, grouped_shape = tuple(d + 1 for d in dims), (1, *shape)
         outputs, stats = [], []
         for part in virtual_batches(x, size):  # at most two
-            y, mean, var = _NormalizeBatch.apply(
+            y, mean, var = NormalizeBatch.apply(
                 part, self.weight, self.bias, grouped_dims, grouped_shape, self.eps
             )
             outputs.append(y.reshape(-1, *x.shape[1:]))

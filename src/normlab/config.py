@@ -43,11 +43,6 @@ def checkpoint_dir(configured: str | None) -> Path:
     return Path(configured) if configured else PROJECT_ROOT / "checkpoints"
 
 
-def study_files(study: str) -> list[Path]:
-    """A study's grids: ``experiments/<study>.yaml``, then ``experiments/<study>__<grid>.yaml``."""
-    return [EXPERIMENTS_DIR / f"{study}.yaml", *sorted(EXPERIMENTS_DIR.glob(f"{study}__*.yaml"))]
-
-
 def group_options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 

@@ -125,6 +125,6 @@ class EvalModes(pl.Callback):
             "val/acc_precise": accuracy(precise, self.test_batches),
             "val/acc_batchstats": accuracy(net, self.test_batches, batch_statistics=True),
         }
-        for logger in trainer.loggers:
+        for logger in trainer.loggers:  # Lightning's convention: the 0-based epoch they belong to
             logger.log_metrics({**metrics, "epoch": trainer.current_epoch - 1})
         trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
