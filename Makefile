@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXP ?= d2l_bn_lenet
 ARGS ?=
+# MLflow's usage telemetry off for every process make starts (the package sets it for its own too).
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
 .PHONY: help venv data browser screenshots sweep table rerun test lint bench ui server clean

@@ -116,7 +116,7 @@ BAD_INPUTS = [
         "data.train_subset=60001",
         "data.train_subset=60001 is not allowed; it must be null or an integer in 1..60000",
     ),
-    ("optimizer.lr=0", "optimizer.lr=0 is not allowed; it must be a number > 0"),
+    ("optimizer.lr=0", "optimizer.lr=0 is not allowed; it must be a finite number > 0"),
     ("optimizer.lr=-1.0", "optimizer.lr=-1.0 is not allowed"),
     (
         "norm.momentum=1.5",
@@ -133,6 +133,15 @@ BAD_INPUTS = [
     ("lr_scaling=quadratic", "lr_scaling='quadratic' is not allowed; it must be constant or linear"),
     ("eval.precise_samples=0", "eval.precise_samples=0 is not allowed; it must be an integer >= 1"),
     ("force=maybe", "force='maybe' is not allowed; it must be true or false"),
+    ("optimizer.lr=inf", "optimizer.lr=inf is not allowed; it must be a finite number > 0"),
+    ("study=nan", "study=nan is not allowed; it must be a name"),
+    ("seed=-1", "seed=-1 is not allowed; it must be an integer in 0..4294967295"),
+    ("seed=4294967296", "seed=4294967296 is not allowed"),
+    ("norm=group norm.num_groups=0", "norm.num_groups=0 is not allowed; it must be an integer >= 1"),
+    ("norm=ghost norm.virtual_batch_size=0", "norm.virtual_batch_size=0 is not allowed"),
+    ("norm=batch_renorm norm.r_max=0.5", "norm.r_max=0.5 is not allowed; it must be a number >= 1"),
+    ("norm=batch_renorm norm.d_max=-1", "norm.d_max=-1 is not allowed; it must be a number >= 0"),
+    ("norm=native norm.affine=maybe", "norm.affine='maybe' is not allowed; it must be true or false"),
 ]
 
 # Rejected before any training or recording, by the command line: (arguments, its one line on stderr).
@@ -140,12 +149,26 @@ BAD_COMMANDS = [
     (["norm=bogus"], f"error: unknown norm kind 'bogus'; {ALL_NORMS}"),
     (["optimizer=adamw"], "error: unknown optimizer 'adamw'; valid: sgd"),
     (["model=resnet"], "error: unknown model 'resnet'; valid: lenet_bn, lenet_d2l"),
-    (["optimizer.lr=-1"], "error: optimizer.lr=-1 is not allowed; it must be a number > 0"),
+    (["optimizer.lr=-1"], "error: optimizer.lr=-1 is not allowed; it must be a finite number > 0"),
     (["data.root=/nonexistent"], "error: data.root=/nonexistent holds no verified Fashion-MNIST files;"),
     (
         ["tracking.uri=sqlite:////proc/no/such/dir.db"],
         "error: cannot use the tracking store sqlite:////proc/",
     ),
+    (["optimiser.lr=1"], "error: unknown key 'optimiser.lr'; did you mean 'optimizer.lr'?"),
+    (["+optimiser.lr=1"], "error: unknown key 'optimiser.lr'; did you mean 'optimizer.lr'?"),
+    (
+        ["trainer.precision=16"],
+        "error: unknown key 'trainer.precision'; add a new key with +trainer.precision=",
+    ),
+    (
+        ["norm=group", "norm.num_groups=0"],
+        "error: norm.num_groups=0 is not allowed; it must be an integer >= 1",
+    ),
+    (["norm=group", "+norm.momentum=0.1"], "error: norm.momentum is not an option of norm kind 'group'"),
+    (["seed=-1"], "error: seed=-1 is not allowed"),
+    (["trainer.accelerator=gpu"], "error: trainer="),
+    (["checkpoint_dir=/proc/no/such"], "error: checkpoint_dir=/proc/no/such is not writable"),
 ]
 
 
@@ -154,7 +177,7 @@ def test_bad_values_are_rejected_with_key_and_allowed_values(
     override: str, message: str, compose_config
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        check_config(compose_config([override]))
+        check_config(compose_config(override.split()))
 
 
 def test_good_edge_values_pass(compose_config) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from normlab.data import IndexBatches, SGDCalls, Split
 from normlab.models import LeNet
-from normlab.module import Classifier
+from normlab.module import Classifier, Diverged
 from normlab.norms import norm_factory
 from normlab.run import QUIET_TRAINER
 
@@ -64,3 +64,27 @@ def test_mixed_precision_is_refused() -> None:
     split = Split(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))
     with pytest.raises(ValueError, match="float32 on one device"):
         trainer.fit(module, train_dataloaders=SGDCalls(IndexBatches(split, 4, shuffle=False), 1))
+
+
+class _NaNWhenEvaluated(torch.nn.Module):
+    """Trains like LeNet, but evaluates to NaN: a validation loss that is not finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = LeNet(norm_factory("none"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        return logits if self.training else logits * float("nan")
+
+
+def test_a_nan_validation_loss_is_a_divergence() -> None:
+    module = Classifier(_NaNWhenEvaluated(), partial(torch.optim.SGD, lr=0.1))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
+    split = Split(torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    with pytest.raises(Diverged, match=r"diverged at epoch 1 \(val loss nan\)"):
+        trainer.fit(
+            module,
+            train_dataloaders=SGDCalls(IndexBatches(split, 8, shuffle=False), 1),
+            val_dataloaders=IndexBatches(split, 8, shuffle=False),
+        )

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from normlab import tracking
 from normlab.run import fit
@@ -73,6 +74,12 @@ def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path)
         for key in COMPARED:
             assert finished.data.metrics[key] == expected[norm].data.metrics[key], (norm, key)
     assert not list(checkpoints.glob("*/last.ckpt"))  # removed once their runs finished
+    # The two killed sweeps' parent runs were closed by the final one; resumed runs keep no stale failure.
+    client = MlflowClient(killed_store)
+    experiment = client.get_experiment_by_name("kill_test").experiment_id
+    parents = client.search_runs([experiment], filter_string="tags.kind = 'sweep'")
+    assert sorted(run.info.status for run in parents) == ["FINISHED", "KILLED", "KILLED"]
+    assert all("failure" not in r.data.tags for r in killed if r.info.status == "FINISHED")
 
 
 def _log_epochs(store: str, run_id: str, epochs: int) -> None:

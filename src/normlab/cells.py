@@ -24,13 +24,17 @@ TABLE_IDENTITY = ("setup", "seed")
 
 
 def canonical(cfg: DictConfig) -> DictConfig:
-    """The cell as it trains. Ghost BN whose virtual batch holds the whole SGD batch *is* BN (the
-    scratch layer, number for number), so it is named, fingerprinted and trained as ``scratch``
-    (once: a sweep listing both skips the second); batch renorm's virtual batch likewise drops."""
+    """The cell as it trains. Ghost BN whose virtual batch holds the whole SGD batch (or is null:
+    the batch) *is* BN (the scratch layer, number for number), so it is named, fingerprinted and
+    trained as ``scratch`` (once: a sweep listing both skips the second); batch renorm's virtual
+    batch likewise drops."""
     norm = cfg.norm
     virtual = norm.get("virtual_batch_size")
-    if virtual is None or virtual < cfg.data.batch_size:
-        return cfg
+    if virtual is not None and virtual < cfg.data.batch_size:
+        return cfg  # statistics over true virtual batches
+    if virtual is None and norm.kind != "ghost":
+        return cfg  # nothing virtual
+
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         if norm.kind == "ghost":

@@ -6,6 +6,8 @@ allowed" asks here: the entry points (train, rerun, report, bench) and the tests
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,9 @@ GROUPS = ("data", "model", "norm", "optimizer", "trainer", "setup", "experiment"
 
 # ${floordiv:${data.batch_size},8}: the GN paper's per-device batch of 8 simulated devices.
 OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
+# ${pid:}: the launching process, so that two sweeps started in the same second get two folders
+# (cached like Hydra's ${now:}: a sweep's jobs see the value their launcher resolved).
+OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 
 
 def compose(overrides: list[str] | None = None, hydra_config: bool = False) -> DictConfig:
@@ -64,6 +69,45 @@ def unknown_choice(arguments: list[str]) -> str | None:
     return None
 
 
+def _keys(node: object, prefix: str = "") -> list[str]:
+    """Every key path of a composed config, nodes included (``norm``, ``norm.eps``, ...)."""
+    if not isinstance(node, dict):
+        return []
+    paths = []
+    for key, value in node.items():
+        paths += [f"{prefix}{key}", *_keys(value, f"{prefix}{key}.")]
+    return paths
+
+
+def unknown_key(arguments: list[str]) -> str | None:
+    """One sentence for the first ``key=value`` argument whose key the config does not have
+    (Hydra's "not in struct" block), or a ``+key`` that is a near-miss of one it has (which would
+    train silently with the intended key at its default), with the closest known key; else None."""
+    overrides = [a for a in arguments if "=" in a and not a.startswith(("-", "~", "hydra.", "+hydra."))]
+    chosen = []
+    for argument in overrides:  # the group choices decide which keys exist
+        key, _, value = argument.partition("=")
+        if key in GROUPS and "(" not in value:
+            chosen.append(f"{key}={value.split(',')[0]}")
+    try:
+        known = _keys(OmegaConf.to_container(compose(chosen)))
+    except Exception:  # a bad group choice: unknown_choice and Hydra report it
+        return None
+    for argument in overrides:
+        key = argument.partition("=")[0]
+        added = key.startswith("+")
+        key = key.lstrip("+")
+        parents = {key.rsplit(".", depth)[0] for depth in range(1, key.count(".") + 1)}
+        if key in GROUPS or key in known or (added and parents & set(known)):
+            continue  # known, or a new key added under a known node
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if added and not close:
+            continue  # a new key, on purpose
+        hint = f"did you mean {close[0]!r}?" if close else f"add a new key with +{key}=..."
+        return f"error: unknown key {key!r}; {hint}"
+    return None
+
+
 class ConfigError(ValueError):
     """A config value out of its range; the message names the key, the value and what is allowed."""
 
@@ -86,12 +130,20 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
         f"null or an integer in 1..{TRAIN_SIZE}",
         lambda v: v is None or (_integer(v) and 1 <= v <= TRAIN_SIZE),
     ),
-    "optimizer.lr": ("a number > 0", lambda v: _number(v) and v > 0),
+    "study": ("a name (text; quote a number: study=\"'123'\")", lambda v: isinstance(v, str) and v != ""),
+    "optimizer.lr": ("a finite number > 0", lambda v: _number(v) and 0 < v < math.inf),
     "norm.momentum": (
         "null (cumulative average) or a number in [0, 1]",
         lambda v: v is None or (_number(v) and 0 <= v <= 1),
     ),
     "norm.eps": ("a number > 0", lambda v: _number(v) and v > 0),
+    "norm.affine": ("true or false", lambda v: isinstance(v, bool)),
+    "norm.num_groups": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "norm.virtual_batch_size": ("null or an integer >= 1", lambda v: v is None or (_integer(v) and v >= 1)),
+    "norm.r_max": ("a number >= 1 (1: no correction of the scale)", lambda v: _number(v) and v >= 1),
+    "norm.d_max": ("a number >= 0 (0: no correction of the shift)", lambda v: _number(v) and v >= 0),
+    "norm.hold_steps": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "norm.warmup_steps": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
     "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
     "warmup_samples": ("an integer >= 0", lambda v: _integer(v) and v >= 0),

@@ -18,7 +18,7 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 class Diverged(ArithmeticError):
-    """The training loss became NaN or infinite."""
+    """The training or validation loss became NaN or infinite."""
 
 
 class Classifier(pl.LightningModule):
@@ -138,8 +138,10 @@ class Classifier(pl.LightningModule):
             if n:
                 metrics[f"{stage}/loss"] = loss_sum / n
                 metrics[f"{stage}/acc"] = correct / n
-        if not math.isfinite(metrics.get("train/loss", 0.0)):
-            raise Diverged(f"diverged at epoch {self.current_epoch + 1} (train loss {metrics['train/loss']})")
+        for stage in ("train", "val"):  # a NaN test loss is as diverged as a NaN training loss
+            loss = metrics.get(f"{stage}/loss", 0.0)
+            if not math.isfinite(loss):
+                raise Diverged(f"diverged at epoch {self.current_epoch + 1} ({stage} loss {loss})")
         if self.trainer.state.fn == TrainerFn.FITTING:
             group = self.trainer.optimizers[0].param_groups[0]
             metrics["lr"] = group["initial_lr"]  # the configured (peak) lr: tables group cells by it

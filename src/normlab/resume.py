@@ -6,7 +6,7 @@ with that fingerprint:
 
 - a FINISHED one: skip the cell (unless ``force=true``);
 - a RUNNING one whose process is gone (same host, dead pid): mark it KILLED;
-- a RUNNING one whose process lives (or lives on another host): skip, it is being trained now;
+- a RUNNING one whose process lives (or lives on another host): busy, it is being trained now;
 - a KILLED one with a per-epoch checkpoint: resume it, into the same MLflow run;
 - otherwise (none, FAILED, KILLED before its first checkpoint): a new run.
 """
@@ -29,7 +29,7 @@ from normlab import tracking
 
 @dataclass(frozen=True)
 class Plan:
-    action: Literal["skip", "resume", "new"]
+    action: Literal["skip", "busy", "resume", "new"]  # busy: being trained by another process now
     reason: str  # one line for the console
     run_id: str | None = None
 
@@ -49,6 +49,15 @@ def is_orphaned(run: Run) -> bool:
     tags = run.data.tags
     pid = tags.get("pid", "")
     return tags.get("host") == platform.node() and pid.isdigit() and not process_alive(int(pid))
+
+
+BUSY = Plan("busy", "being trained now by another process of this machine")
+
+
+def claim_path(checkpoint_dir: Path, fingerprint: str) -> Path:
+    """The lock a process holds while it plans and trains the cell (``normlab.locks``): two sweeps
+    of one study never train a cell twice; the second finds it busy, or finished."""
+    return checkpoint_dir / "claims" / f"{fingerprint}.lock"
 
 
 def checkpoint_path(checkpoint_dir: Path, fingerprint: str) -> Path:
@@ -79,7 +88,7 @@ def plan_cell(
     running = [run for run in runs if status[run.info.run_id] == "RUNNING"]
     if running and not force:
         where = f"{running[0].data.tags.get('host', '?')} pid {running[0].data.tags.get('pid', '?')}"
-        return Plan("skip", f"running now as run {running[0].info.run_id} ({where})", running[0].info.run_id)
+        return Plan("busy", f"running now as run {running[0].info.run_id} ({where})", running[0].info.run_id)
     killed = [run for run in runs if status[run.info.run_id] == "KILLED"]
     if killed and checkpoint.exists() and not force:
         return Plan(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +18,19 @@ from typing import NamedTuple
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from normlab import cells, config, data, resume, tracking
+from normlab import cells, config, data, locks, resume, tracking
+from normlab.config import ConfigError
 from normlab.data import IndexBatches, SGDCalls
 from normlab.evalmodes import EvalModes
 from normlab.module import Classifier
 from normlab.norms import NORMS
 from normlab.progress import EpochProgress
+
+PARENT_TAG = "mlflow.parentRunId"  # nests a run under its sweep's run in the UI
 
 
 class RunFailed(RuntimeError):
@@ -33,8 +38,13 @@ class RunFailed(RuntimeError):
     tag saying why."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training; the run is recorded as KILLED, with the reason, and resumes
+    on the next run of the cell."""
+
+
 class Outcome(NamedTuple):
-    action: str  # what fit did with the cell: "new" (trained), "resume", or "skip" (see normlab.resume)
+    action: str  # what fit did with the cell: "new" (trained), "resume", "skip" or "busy" (normlab.resume)
     metrics: dict[str, float]  # the run's final metrics
     run_id: str  # the MLflow run that holds them
 
@@ -79,15 +89,36 @@ class Cell:
         return resume.checkpoint_path(self.checkpoints, self.fingerprint)
 
 
-def open_cell(cfg: DictConfig) -> Cell:
-    """Find the cell's runs in the store and plan: skip, resume or start (nothing loaded yet)."""
-    if not cfg.tracking.uri:
-        raise ValueError("fit needs cfg.tracking.uri resolved (normlab.config.tracking_uri)")
+def make_trainer(cfg: DictConfig) -> pl.Trainer:
+    """The Lightning trainer, made before anything is recorded: an accelerator this machine lacks
+    is a sentence, not a traceback after a run was opened (its logger is attached in ``build``)."""
+    try:
+        return pl.Trainer(**cfg.trainer, logger=False, **QUIET_TRAINER)
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"trainer={dict(cfg.trainer)} cannot run here: {first}") from None
+
+
+def writable(folder: Path) -> Path:
+    """``folder``, created, once a file could be written in it (checkpoints go there every epoch)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(f"checkpoint_dir={folder} is not writable ({error.strerror or error})") from None
+    return folder
+
+
+def open_cell(cfg: DictConfig, checkpoints: Path, claimed: bool) -> Cell:
+    """Find the cell's runs in the store and plan: skip, resume or start (nothing loaded yet);
+    busy when another process holds the cell's claim."""
     client, experiment = tracking.open_store(cfg.tracking.uri, cfg.study)
     fingerprint = cells.fingerprint(cfg)
-    checkpoints = config.checkpoint_dir(cfg.checkpoint_dir)
     checkpoint = resume.checkpoint_path(checkpoints, fingerprint)
-    plan = resume.plan_cell(client, experiment, fingerprint, checkpoint, bool(cfg.force))
+    plan = resume.BUSY
+    if claimed:
+        plan = resume.plan_cell(client, experiment, fingerprint, checkpoint, bool(cfg.force))
     cell = Cell(cfg, cells.run_name(cfg), fingerprint, client, experiment, checkpoints, plan)
     _say(f"[{cell.name}] {plan.action}: {plan.reason}")
     return cell
@@ -95,7 +126,9 @@ def open_cell(cfg: DictConfig) -> Cell:
 
 def skip(cell: Cell) -> Outcome:
     """A finished cell: count it in this grid, show it as configured now (label, published
-    figures), and return its metrics."""
+    figures), and return its metrics. A busy one: nothing to return yet."""
+    if cell.plan.action == "busy":
+        return Outcome("busy", {}, cell.plan.run_id or "")
     assert cell.plan.run_id is not None
     finished = cell.client.get_run(cell.plan.run_id)
     tracking.join_grid(cell.client, finished, cell.cfg.report.get("grid"))
@@ -110,11 +143,20 @@ def start(cell: Cell, net: torch.nn.Module, overrides: list[str], tags: dict[str
     run id. A refused cell is recorded as FAILED with the reason, and raises RunFailed."""
     cfg, client = cell.cfg, cell.client
     if cell.plan.action == "resume":
-        assert cell.plan.run_id is not None
-        client.update_run(cell.plan.run_id, status="RUNNING")
-        for key, value in {**tracking.process_tags(), "status": "running"}.items():
-            client.set_tag(cell.plan.run_id, key, value)
-        return cell.plan.run_id
+        run_id = cell.plan.run_id
+        assert run_id is not None
+        before = client.get_run(run_id).data.tags
+        client.update_run(run_id, status="RUNNING")
+        moved = {}
+        parent, earlier = tags.get(PARENT_TAG), before.get(PARENT_TAG)
+        if parent and earlier and parent != earlier:  # nested under the sweep resuming it, said so
+            moved = {"previous_parent": earlier}
+            _say(f"[{cell.name}] moves from sweep run {earlier} to {parent}")
+        for key, value in {**tracking.process_tags(), "status": "running", **tags, **moved}.items():
+            client.set_tag(run_id, key, value)
+        if "failure" in before:  # why it stopped is no longer true
+            client.delete_tag(run_id, "failure")
+        return run_id
     resume.remove_checkpoint(cell.checkpoints, cell.fingerprint)  # a stale one must not be resumed
     run_tags = {
         "kind": "cell",
@@ -153,13 +195,12 @@ class Training:
     val_batches: IndexBatches
 
 
-def build(cell: Cell, net: torch.nn.Module, run_id: str) -> Training:
-    """The trainer (logging into ``run_id``), the data on its device, the module and callbacks."""
+def build(cell: Cell, trainer: pl.Trainer, net: torch.nn.Module, run_id: str) -> Training:
+    """The trainer's logger (into ``run_id``), the data on its device, the module and callbacks."""
     cfg, client = cell.cfg, cell.client
-    logger = tracking.EpochMLFlowLogger(
+    trainer.logger = tracking.EpochMLFlowLogger(
         experiment_name=cfg.study, tracking_uri=cfg.tracking.uri, run_id=run_id
     )
-    trainer = pl.Trainer(**cfg.trainer, logger=logger, **QUIET_TRAINER)
     device = trainer.strategy.root_device
     client.set_tag(run_id, "device", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     train_split, test_split = data.load(cfg.data.root, cfg.data.download, cfg.data.train_subset, device)
@@ -203,8 +244,14 @@ def train(cell: Cell, run_id: str, training: Training) -> None:
         client.set_tag(run_id, "failure", f"{type(error).__name__}: {reason}"[:400])
         tracking.end_run(client, run_id, "FAILED")
         raise RunFailed(f"run {cell.name} failed: {reason}") from error
-    except BaseException:
+    except BaseException as error:
+        # Lightning turns Ctrl-C into sys.exit(1) after its own clean-up; its state says which.
+        interrupted = isinstance(error, KeyboardInterrupt) or training.trainer.interrupted
+        if interrupted:
+            client.set_tag(run_id, "failure", "interrupted (SIGINT): rerun to resume from the last epoch")
         tracking.end_run(client, run_id, "KILLED")
+        if interrupted:
+            raise Interrupted(f"interrupted: run {cell.name} marked KILLED; rerun to resume") from None
         raise
 
 
@@ -226,12 +273,18 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
     data.check_root(cfg.data.root)
     cfg = cells.canonical(cfg)
     _quiet_libraries()
-    cell = open_cell(cfg)
-    if cell.plan.action == "skip":
-        return skip(cell)
-    pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the init (data orders have their own)
-    net = build_net(cfg)
-    run_id = start(cell, net, overrides, tags or {})
-    training = build(cell, net, run_id)
-    train(cell, run_id, training)
-    return close(cell, run_id, training)
+    trainer = make_trainer(cfg)
+    if not cfg.tracking.uri:
+        raise ValueError("fit needs cfg.tracking.uri resolved (normlab.config.tracking_uri)")
+    checkpoints = writable(config.checkpoint_dir(cfg.checkpoint_dir))
+    # Held from planning to the end: of two processes given one cell, one trains it.
+    with locks.hold(resume.claim_path(checkpoints, cells.fingerprint(cfg)), wait=False) as claimed:
+        cell = open_cell(cfg, checkpoints, claimed)
+        if cell.plan.action in ("skip", "busy"):
+            return skip(cell)
+        pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the init (data orders have their own)
+        net = build_net(cfg)
+        run_id = start(cell, net, overrides, tags or {})
+        training = build(cell, trainer, net, run_id)
+        train(cell, run_id, training)
+        return close(cell, run_id, training)

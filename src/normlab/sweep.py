@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from normlab import resume
 from normlab.config import tracking_uri
-from normlab.tracking import end_run, open_store
+from normlab.tracking import end_run, open_store, process_tags
 
 OUTCOME_FILE = "outcome.json"
 PARENT_RUN_FILE = "parent_run_id"
@@ -44,27 +45,46 @@ def read_outcomes(sweep_dir: Path) -> tuple[list[dict[str, str]], list[str]]:
 
 def summary(outcomes: list[dict[str, str]], missing: list[str]) -> tuple[str, list[str]]:
     """One line of counts, then a line per failed cell; and the failed cells."""
-    counts = {status: sum(o["status"] == status for o in outcomes) for status in ("new", "resume", "skip")}
+    statuses = ("new", "resume", "skip", "busy")
+    counts = {status: sum(o["status"] == status for o in outcomes) for status in statuses}
     failed = [f"{o['cell']}: {o['reason']}" for o in outcomes if o["status"] == "failed"]
     failed += [f"job {name}: no outcome (its process died)" for name in missing]
     head = (
         f"[sweep] {len(outcomes) + len(missing)} cells: {counts['new']} trained, {counts['resume']} resumed, "
-        f"{counts['skip']} skipped (already finished), {len(failed)} failed"
+        f"{counts['skip']} skipped (already finished), "
+        + (f"{counts['busy']} skipped (running elsewhere), " if counts["busy"] else "")
+        + f"{len(failed)} failed"
     )
     return "\n".join([head, *(f"  failed {line}" for line in failed)]), failed
 
 
+def close_dead_sweeps(client: MlflowClient, experiment: str) -> list[str]:
+    """Mark KILLED the parent runs left RUNNING by sweeps whose process died on this host (killed,
+    interrupted, crashed: their summary never ran); their ids."""
+    running = client.search_runs(
+        [experiment], filter_string="tags.kind = 'sweep' and attributes.status = 'RUNNING'"
+    )
+    dead = [run for run in running if resume.is_orphaned(run)]
+    for run in dead:
+        client.set_tag(run.info.run_id, "failure", "sweep process died (found by a later sweep)")
+        end_run(client, run.info.run_id, "KILLED")
+    return [run.info.run_id for run in dead]
+
+
 def start_parent_run(config: DictConfig) -> str:
     """Create the store, the study's experiment and the sweep's parent run (named after the study
-    and the start time); write its id into the sweep folder for the jobs. Its id."""
+    and the start time); write its id into the sweep folder for the jobs. Its id. Parent runs of
+    dead sweeps of the study are closed first."""
     client, experiment = open_store(tracking_uri(config.tracking.uri), config.study)
+    for run_id in close_dead_sweeps(client, experiment):
+        print(f"[sweep] run {run_id} of an earlier sweep whose process died: marked KILLED", flush=True)
     sweep_dir = Path(config.hydra.sweep.dir).resolve()
     tags = {
         "kind": "sweep",
         "status": "running",
         "study": config.study,
         "sweep_dir": str(sweep_dir),
-        "host": platform.node(),
+        **process_tags(),  # host and pid: a later sweep can tell a dead one
         "sweep_overrides": " ".join(config.hydra.overrides.task)[:5000],
     }
     name = f"{config.study} {dt.datetime.now():%Y-%m-%d %H:%M:%S}"

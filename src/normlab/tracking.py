@@ -6,11 +6,12 @@ import os
 import platform
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import requests
 import torch
 from mlflow.entities import Run
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
+from normlab import locks
 from normlab.config import PROJECT_ROOT
 
 
@@ -93,12 +95,32 @@ class StoreError(RuntimeError):
     """The tracking store cannot be opened or written; the message names it and says why."""
 
 
+SERVER_TIMEOUT_S = 5  # a tracking server that does not answer its health check in this long is down
+
+
+def _reachable(uri: str) -> None:
+    """A tracking server answers ``/health`` within SERVER_TIMEOUT_S, else StoreError: MLflow's own
+    client retries for minutes before it gives up."""
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).raise_for_status()
+    except requests.RequestException as error:
+        within = f"within {SERVER_TIMEOUT_S} s ({type(error).__name__})"
+        raise StoreError(f"cannot reach the tracking server {uri} {within}") from None
+
+
 def open_store(uri: str, study: str) -> tuple[MlflowClient, str]:
     """A client of the store at ``uri`` (resolved: ``normlab.config.tracking_uri``) and the study's
     experiment id, or a StoreError in one sentence."""
+    if uri.startswith(("http://", "https://")):
+        _reachable(uri)
+    # Two processes creating one SQLite store (its schema migrations) or one experiment at once
+    # race ("duplicate column", "UNIQUE constraint failed"): they take turns.
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    turns = locks.hold(database.with_name(database.name + ".lock"), wait=True) if database else nullcontext()
     try:
-        client = MlflowClient(uri)
-        return client, experiment_id(client, study)
+        with turns:
+            client = MlflowClient(uri)
+            return client, experiment_id(client, study)
     except Exception as error:  # sqlite, HTTP and permission errors all arrive as different types
         lines = str(error).strip().splitlines()
         reason = lines[0][:200] if lines else type(error).__name__

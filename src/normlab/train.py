@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from normlab import cells, config, sweep
 from normlab.config import CONF_DIR, ConfigError
 from normlab.data import DataError
-from normlab.run import RunFailed, fit
+from normlab.run import PARENT_TAG, Interrupted, RunFailed, fit
 from normlab.tracking import StoreError
 
 
@@ -30,25 +30,27 @@ def main(cfg: DictConfig) -> float:
     cell = cells.run_name(cells.canonical(cfg))
     multirun = hydra_config.mode == RunMode.MULTIRUN
     parent = sweep.parent_run_id(Path(hydra_config.sweep.dir)) if multirun else None
-    tags = {"mlflow.parentRunId": parent} if parent else {}  # the UI nests the run under its sweep
+    tags = {PARENT_TAG: parent} if parent else {}
     try:
         outcome = fit(cfg, list(hydra_config.overrides.task), tags)
-    except (DataError, ConfigError, StoreError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sweep.record_outcome(job_dir, cell, "failed", str(error))
-        raise SystemExit(2) from None
-    except RunFailed as error:
+    except (DataError, ConfigError, StoreError, RunFailed) as error:
+        # Bad input (nothing recorded: exit 2) or a failed run (recorded FAILED: exit 1). In a
+        # sweep the cell is listed as failed and the sweep goes on; its summary sets the exit status.
         print(f"error: {error}", file=sys.stderr)
         sweep.record_outcome(job_dir, cell, "failed", str(error))
         if multirun:
-            return float("nan")  # recorded as FAILED; the sweep goes on and its summary lists the cell
-        raise SystemExit(1) from None
+            return float("nan")
+        raise SystemExit(1 if isinstance(error, RunFailed) else 2) from None
+    except Interrupted as interruption:
+        print(interruption, file=sys.stderr)
+        sweep.record_outcome(job_dir, cell, "failed", str(interruption))
+        raise SystemExit(130) from None  # the shell's code for a SIGINT
     sweep.record_outcome(job_dir, cell, outcome.action)
     return outcome.metrics.get("val/acc", float("nan"))
 
 
 def cli() -> None:
-    problem = config.unknown_choice(sys.argv[1:])
+    problem = config.unknown_choice(sys.argv[1:]) or config.unknown_key(sys.argv[1:])
     if problem:
         print(problem, file=sys.stderr)
         raise SystemExit(2)

@@ -1,0 +1,96 @@
+"""Sweeps that clean up after themselves: bad cells fail alone, concurrent sweeps train each cell
+once, Ctrl-C says what happened, an unreachable server fails fast, nothing phones home."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import cell_runs, run_sweep
+
+pytestmark = pytest.mark.slow
+SMALL = [
+    "data.train_subset=256",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "eval.precise_samples=128",
+]
+
+
+def _train(arguments: list[str], store: str, cwd: Path) -> subprocess.Popen:
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    command = [sys.executable, "-m", "normlab.train", *arguments]
+    return subprocess.Popen(
+        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_bad_cells_of_a_sweep_fail_alone_and_the_sweep_goes_on(tmp_path: Path, store: str) -> None:
+    result = run_sweep(["study=bad_cells", "norm=none", "optimizer.lr=-1,-2,0.5", *SMALL], store, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "[sweep] 3 cells: 1 trained, 0 resumed, 0 skipped (already finished), 2 failed" in output
+    assert "optimizer.lr=-1 is not allowed" in output and "died" not in output and "Traceback" not in output
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("bad_cells").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.kind = 'sweep'")
+    assert parent.info.status == "FAILED"
+    assert [run.info.status for run in cell_runs(store, "bad_cells")] == ["FINISHED"]  # bad ones: no run
+
+
+def test_two_sweeps_of_one_study_at_once_train_each_cell_once(tmp_path: Path, store: str) -> None:
+    grid = ["-m", "study=twice", "norm=none,scratch,native", "seed=0,1", *SMALL, "hydra.launcher.cpu_jobs=1"]
+    MlflowClient(store).search_experiments()  # the store exists; its experiment is created by the sweeps
+    sweeps = [_train(grid, store, tmp_path) for _ in range(2)]  # the same second: one folder each
+    outputs = [sweep.communicate(timeout=600) for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    runs = cell_runs(store, "twice")
+    assert len(runs) == 6 and {run.info.status for run in runs} == {"FINISHED"}
+    assert len({run.data.tags["config_fingerprint"] for run in runs}) == 6
+    assert len(list((tmp_path / "multirun" / "twice").iterdir())) == 2
+    summaries = "".join(out + err for out, err in outputs)
+    trained = [int(line.split(" cells: ")[1].split(" trained")[0]) for line in summaries.splitlines()
+               if line.startswith("[sweep] 6 cells:")]  # fmt: skip
+    assert sum(trained) == 6, summaries[-3000:]
+
+
+def test_ctrl_c_marks_the_run_killed_and_says_so(tmp_path: Path, store: str) -> None:
+    process = _train(["study=interrupt", "data.train_subset=2048", "trainer.max_epochs=200"], store, tmp_path)
+    assert process.stderr is not None
+    lines = []
+    while not any("epoch 1/200" in line for line in lines):  # a checkpoint exists
+        line = process.stderr.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert (
+        rest.strip().splitlines()[-1].startswith("interrupted: run scratch-bs256-m0.1-lr0.9-s0 marked KILLED")
+    )
+    (run,) = cell_runs(store, "interrupt")
+    assert run.info.status == "KILLED" and run.data.tags["failure"].startswith("interrupted (SIGINT)")
+
+
+def test_an_unreachable_tracking_server_fails_fast_in_one_line(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    process = _train(["data.train_subset=64", "trainer.max_epochs=1"], "http://127.0.0.1:9", tmp_path)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and time.perf_counter() - started < 15
+    assert err.strip().splitlines() == [
+        "error: cannot reach the tracking server http://127.0.0.1:9 within 5 s (ConnectionError)"
+    ]
+
+
+def test_mlflow_telemetry_is_off_in_our_processes() -> None:
+    """Without MLFLOW_DISABLE_TELEMETRY in the environment, importing normlab turns it off."""
+    check = "from mlflow.telemetry.utils import is_telemetry_disabled as off; print(off())"
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    code = f"import os, normlab.train; print(os.environ['MLFLOW_DISABLE_TELEMETRY']); {check}"
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
+    assert result.stdout.split() == ["true", "True"], result.stderr[-2000:]
