@@ -1,7 +1,10 @@
 """Tables from a store whose runs we wrote ourselves, so every number in them is known."""
 
 import math
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -176,3 +179,13 @@ def test_a_study_with_grids_plots_the_statistics_batch_and_gates_convergence(
     assert "| **no** (test acc +2.0 pt, train loss 0.2% change) |" in results
     assert "**Converged** (`report.converged`)" in results
     assert (tmp_path / "accuracy_vs_statistics_batch.png").stat().st_size > 10_000
+
+
+def test_table_of_an_unknown_study_is_one_line_naming_the_studies(store: str) -> None:
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    result = subprocess.run(
+        [sys.executable, "-m", "normlab.report", "bogus"], capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: no study 'bogus'; the studies: batch_size, bias, d2l_bn_lenet")

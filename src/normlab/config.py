@@ -83,7 +83,11 @@ def unknown_key(arguments: list[str]) -> str | None:
     """One sentence for the first ``key=value`` argument whose key the config does not have
     (Hydra's "not in struct" block), or a ``+key`` that is a near-miss of one it has (which would
     train silently with the intended key at its default), with the closest known key; else None."""
-    overrides = [a for a in arguments if "=" in a and not a.startswith(("-", "~", "hydra.", "+hydra."))]
+    overrides = [
+        a
+        for a in arguments  # Hydra's own keys and group paths (hydra/launcher=...) are Hydra's to check
+        if "=" in a and not a.startswith(("-", "~", "hydra.", "+hydra.")) and "/" not in a.partition("=")[0]
+    ]
     chosen = []
     for argument in overrides:  # the group choices decide which keys exist
         key, _, value = argument.partition("=")

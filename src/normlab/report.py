@@ -445,13 +445,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     console = Console()
+    study, known = args[0], [name for name in config.group_options("experiment") if "__" not in name]
     try:
-        summary = write(args[0], config.tracking_uri())
+        if study not in known:
+            raise ReportError(f"no study {study!r}; the studies: {', '.join(known)}")
+        summary = write(study, config.tracking_uri())
     except ReportError as error:
-        console.print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)  # one line, not wrapped to the terminal
         sys.exit(2)
     print_summary(summary, console)
-    console.print(f"wrote {EXPERIMENTS_DIR / args[0] / 'RESULTS.md'}")
+    console.print(f"wrote {EXPERIMENTS_DIR / study / 'RESULTS.md'}")
 
 
 if __name__ == "__main__":
