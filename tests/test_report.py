@@ -1,5 +1,6 @@
 """Tables from a store whose runs we wrote ourselves, so every number in them is known."""
 
+import io
 import math
 import os
 import statistics
@@ -11,9 +12,10 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from rich.console import Console
 from scipy import stats
 
-from normlab import report
+from normlab import report, ui
 
 FINAL_VAL_ACC = {"bn": [0.80, 0.84, 0.86], "plain": [0.70, 0.74]}
 
@@ -189,3 +191,23 @@ def test_table_of_an_unknown_study_is_one_line_naming_the_studies(store: str) ->
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: no study 'bogus'; the studies: batch_size, bias, d2l_bn_lenet")
+
+
+def test_the_terminal_summary_fits_80_columns_one_line_per_setup(store: str, tmp_path: Path) -> None:
+    _fill(store)
+    summary = report.summarize(report.load_runs("toy", store))
+    long_name = "lenet_bn-batch_renorm-vb16-bs128-m0.1-lr1.0"
+    summary["setup"] = [long_name, "(d) BN-LeNet arch., no norm, lr 0.9"]
+    console = Console(width=80, record=True, file=io.StringIO())
+    report.print_summary(summary, console)
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80
+    assert any(long_name in line and "0.833 ± 0.031" in line for line in lines)  # one row, unbroken
+
+
+def test_each_study_has_a_runs_page_in_model_training_mode(store: str) -> None:
+    _fill(store)
+    ((study, page),) = ui.study_pages(store, "http://127.0.0.1:5000")
+    experiment = MlflowClient(store).get_experiment_by_name("toy").experiment_id
+    assert study == "toy"
+    assert page == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning"

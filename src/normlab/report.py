@@ -16,11 +16,12 @@ from pathlib import Path
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from normlab import cells, config, convergence, findings, plots, tracking
+from normlab import cells, config, convergence, findings, plots, tracking, ui
 from normlab.config import EXPERIMENTS_DIR
 from normlab.stats_tests import prediction_interval
 
@@ -424,11 +425,19 @@ def log_summary_run(study: str, uri: str, paths: list[Path]) -> None:
     client.set_terminated(run.info.run_id, "FINISHED")
 
 
+# The terminal summary: the test accuracies a user compares, under short headers, so that a row
+# fits an 80-column terminal (the table file has every metric).
+TERMINAL_METRICS = {"val/acc": "test acc", "val/acc_precise": "PreciseBN"}
+
+
 def print_summary(summary: pd.DataFrame, console: Console) -> None:
-    table = Table(title="mean ± sd over seeds")
-    metrics = [m for m in present_metrics(summary) if m.startswith("val/")]
-    for name in ("setup", "n", *metrics, "notes"):
-        table.add_column(name)
+    table = Table(title="mean ± sd over seeds", box=box.SIMPLE_HEAD, pad_edge=False)
+    metrics = [m for m in present_metrics(summary) if m in TERMINAL_METRICS]
+    table.add_column("setup", no_wrap=True, overflow="ellipsis")
+    table.add_column("n", justify="right")
+    for metric in metrics:
+        table.add_column(TERMINAL_METRICS[metric], no_wrap=True)
+    table.add_column("notes")
     for row in summary.to_dict("records"):
         cells = [_cell(row[f"{m} mean"], row[f"{m} sd"]) for m in metrics]
         notes = f"{row['failed']} failed" if row["failed"] else ""
@@ -445,16 +454,20 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     console = Console()
+    uri = config.tracking_uri()
     study, known = args[0], [name for name in config.group_options("experiment") if "__" not in name]
     try:
         if study not in known:
             raise ReportError(f"no study {study!r}; the studies: {', '.join(known)}")
-        summary = write(study, config.tracking_uri())
+        summary = write(study, uri)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)  # one line, not wrapped to the terminal
         sys.exit(2)
     print_summary(summary, console)
     console.print(f"wrote {EXPERIMENTS_DIR / study / 'RESULTS.md'}")
+    experiment = MlflowClient(uri).get_experiment_by_name(study)
+    if experiment is not None:
+        print(f"compare its runs: make ui, then open {ui.runs_page(experiment.experiment_id)}")
 
 
 if __name__ == "__main__":

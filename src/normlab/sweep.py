@@ -9,6 +9,7 @@ SLURM alike, and is logged with the parent run.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 from pathlib import Path
@@ -91,7 +92,16 @@ def start_parent_run(config: DictConfig) -> str:
     run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
+    atexit.register(close_if_running, client, run_id)
     return run_id
+
+
+def close_if_running(client: MlflowClient, run_id: str) -> None:
+    """At the sweep process's exit: a parent run still RUNNING was interrupted (Ctrl-C, an
+    exception) before its summary; mark it KILLED. (SIGKILL leaves it to the next sweep.)"""
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "failure", "sweep interrupted before its summary")
+        end_run(client, run_id, "KILLED")
 
 
 def parent_run_id(sweep_dir: Path) -> str | None:
