@@ -57,8 +57,8 @@ lint: venv ## ruff check
 STORE = $$($(PY) -c 'from normlab.config import tracking_uri; print(tracking_uri())')
 
 ui: venv ## the MLflow UI over the project's store on 127.0.0.1 (PORT, default 5000); prints each study's runs page
-	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}; each study's runs (model-training mode):"
-	@$(PY) -m normlab.ui http://127.0.0.1:$${PORT:-5000}
+	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}"
+	@$(PY) -m normlab.ui http://127.0.0.1:$${PORT:-5000}  # each study's runs, in model-training mode
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $${PORT:-5000}
 
 server: venv ## an MLflow tracking server over the project's store on 127.0.0.1 (PORT, default 5001; HOST to expose)

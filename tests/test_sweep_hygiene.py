@@ -89,13 +89,21 @@ def test_ctrl_c_marks_the_run_killed_and_says_so(tmp_path: Path, store: str) -> 
     assert run.info.status == "KILLED" and run.data.tags["failure"].startswith("interrupted (SIGINT)")
 
 
-def test_an_unreachable_tracking_server_fails_fast_in_one_line(tmp_path: Path) -> None:
-    started = time.perf_counter()
-    process = _train(["data.train_subset=64", "trainer.max_epochs=1"], "http://127.0.0.1:9", tmp_path)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 2 and time.perf_counter() - started < 15
+def test_an_unreachable_tracking_server_fails_fast_in_one_line(tmp_path: Path, store: str) -> None:
+    """Within 15 s, and within 10 s of what starting the command takes (the same command failing
+    on a bad value, measured alongside, so a loaded machine's slow imports do not count)."""
+
+    def seconds(arguments: list[str], uri: str) -> tuple[float, subprocess.Popen, str]:
+        started = time.perf_counter()
+        process = _train(arguments, uri, tmp_path)
+        _, err = process.communicate(timeout=60)
+        return time.perf_counter() - started, process, err
+
+    startup, _, _ = seconds(["data.train_subset=0"], store)
+    elapsed, process, err = seconds(["data.train_subset=64", "trainer.max_epochs=1"], "http://127.0.0.1:9")
+    assert process.returncode == 2 and elapsed - startup < 10 and elapsed < max(15, startup + 10)
     assert err.strip().splitlines() == [
-        "error: cannot reach the tracking server http://127.0.0.1:9 within 5 s (ConnectionError)"
+        "error: cannot reach the tracking server http://127.0.0.1:9 within 3 s (ConnectionError)"
     ]
 
 

@@ -81,8 +81,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui(swept: str) -> Iterator[str]:
-    """``make ui`` over the sweep's store on a free port; its URL once it answers."""
+def ui(swept: str) -> Iterator[tuple[str, str]]:
+    """``make ui`` over the sweep's store on a free port: its URL once it answers, and the address
+    it prints for the study's runs."""
     port = _free_port()
     environment = {**os.environ, "PORT": str(port), "MLFLOW_TRACKING_URI": swept}
     server = subprocess.Popen(
@@ -97,6 +98,8 @@ def ui(swept: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         assert server.stdout.readline().strip() == f"MLflow UI: {url}"
+        study, page = server.stdout.readline().split()  # one line per study: the one in this store
+        assert study == STUDY and page.startswith(url) and page.endswith("workflowType=machine_learning")
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -108,7 +111,7 @@ def ui(swept: str) -> Iterator[str]:
             assert server.poll() is None, server.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "the MLflow UI did not answer within 120 s"
             time.sleep(1)
-        yield url
+        yield url, page
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -131,7 +134,71 @@ def _browser():  # -> selenium WebDriver; imported here so the module loads with
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_browser_compares_two_runs_and_charts_val_acc(swept: str, ui: str, tmp_path: Path) -> None:
+def test_browser_newcomer_lands_on_runs_and_groups_seeds_by_setup(
+    swept: str, ui: tuple[str, str], tmp_path: Path
+) -> None:
+    """From the address ``make ui`` prints, in a fresh browser profile: the study's runs in
+    model-training mode (no GenAI overview), then *Group by* setup in the chart view draws one
+    val/acc line per setup."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shots = Path(os.environ.get("NORMLAB_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    setups = sorted({run.data.tags["setup"] for run in cell_runs(swept, STUDY)})
+    browser = _browser()  # a new headless chromium: a fresh profile, no mode remembered
+    wait = WebDriverWait(browser, 60)
+    try:
+        browser.get(ui[1])
+        wait.until(
+            shown.visibility_of_element_located((By.XPATH, "//button[normalize-space(.) = 'Group by']"))
+        )
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "Detect Issues" not in body and "No data available" not in body  # GenAI's overview
+        for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+            close.click()  # the assistant side panel, where it opens
+        search = browser.find_element(By.CSS_SELECTOR, "input[placeholder*='metrics.']")
+        search.send_keys("tags.kind = 'cell'", Keys.ENTER)  # the sweep's parent run has no setup
+        wait.until(lambda b: "searchFilter=tags.kind" in b.current_url)
+        browser.find_element(By.XPATH, "//button[normalize-space(.) = 'Group by']").click()
+        setup_tag = (By.XPATH, "//*[@role='menuitemcheckbox'][normalize-space(.) = 'setup']")
+        wait.until(shown.element_to_be_clickable(setup_tag)).click()
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        chart_view = "//input[@name='runs-view-mode'][@value='CHART']/ancestor::label"
+        wait.until(shown.element_to_be_clickable((By.XPATH, chart_view))).click()
+        charts = wait.until(
+            shown.visibility_of_element_located(
+                (By.CSS_SELECTOR, "input[placeholder='Search metric charts']")
+            )
+        )
+        charts.send_keys("val/acc")
+        card = "[data-testid='experiment-view-compare-runs-card']"
+
+        def val_acc_legend(b) -> list[str] | bool:  # the chart titled val/acc, once its legend is drawn
+            try:  # the cards re-render while the charts load: retry on a stale one
+                texts = [c.text for c in b.find_elements(By.CSS_SELECTOR, card)]
+            except StaleElementReferenceException:
+                return False
+            legends = [text.splitlines() for text in texts if text.split("\n")[0] == "val/acc"]
+            lines = [line for line in legends[0] if line.endswith(" (val/acc)")] if legends else []
+            return lines if len(lines) >= len(setups) else False
+
+        legend = wait.until(val_acc_legend)
+        # One line per setup (its seeds' mean, with their min-max band); the sweep's own run, which
+        # the UI lists with its cells and which has no metrics, is the "Unassigned" group.
+        assert sorted(set(legend) - {"Unassigned (val/acc)"}) == [f"{setup} (val/acc)" for setup in setups]
+        assert len(legend) == len(set(legend)) and len(setups) == 2
+        browser.save_screenshot(str(shots / "ui-group-by-setup.png"))
+    finally:
+        browser.quit()
+
+
+def test_browser_compares_two_runs_and_charts_val_acc(
+    swept: str, ui: tuple[str, str], tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as shown
@@ -150,7 +217,7 @@ def test_browser_compares_two_runs_and_charts_val_acc(swept: str, ui: str, tmp_p
         return (By.XPATH, f"//a[contains(@href, '/runs/')][normalize-space(.) = '{text}']")
 
     try:
-        browser.get(f"{ui}/#/experiments/{experiment}/runs")
+        browser.get(f"{ui[0]}/#/experiments/{experiment}/runs")
         wait.until(shown.visibility_of_element_located(link(parent.info.run_name)))
         for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
             close.click()  # the assistant side panel, where it opens

@@ -26,6 +26,7 @@ from normlab import cells, config, data, locks, resume, tracking
 from normlab.config import ConfigError
 from normlab.data import IndexBatches, SGDCalls
 from normlab.evalmodes import EvalModes
+from normlab.interrupt import SafeInterrupt
 from normlab.module import Classifier
 from normlab.norms import NORMS
 from normlab.progress import EpochProgress
@@ -213,7 +214,7 @@ def build(cell: Cell, trainer: pl.Trainer, net: torch.nn.Module, run_id: str) ->
         warmup_steps=-(-cfg.warmup_samples // batch_size),
         cosine_steps=cfg.trainer.max_epochs * steps_per_epoch if cfg.lr_schedule == "cosine" else 0,
     )
-    trainer.callbacks += [EpochProgress(cell.name), resume.EpochCheckpoint(cell.checkpoint)]
+    trainer.callbacks += [EpochProgress(cell.name), resume.EpochCheckpoint(cell.checkpoint), SafeInterrupt()]
     if NORMS[cfg.norm.kind].running_statistics:
         # Batches as large as the training ones, for the evaluations that use batch statistics.
         precise_sample = IndexBatches(

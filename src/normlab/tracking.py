@@ -95,7 +95,7 @@ class StoreError(RuntimeError):
     """The tracking store cannot be opened or written; the message names it and says why."""
 
 
-SERVER_TIMEOUT_S = 5  # a tracking server that does not answer its health check in this long is down
+SERVER_TIMEOUT_S = 3  # a tracking server that does not answer its health check in this long is down
 
 
 def _reachable(uri: str) -> None:

@@ -34,9 +34,9 @@ def main() -> None:
     base = sys.argv[1] if len(sys.argv) > 1 else f"http://127.0.0.1:{os.environ.get('PORT', '5000')}"
     pages = study_pages(config.tracking_uri(), base)
     if not pages:
-        print(f"MLflow UI: {base} (no study recorded yet: make sweep)")
+        print("  no study recorded yet: make sweep")
     for study, page in pages:
-        print(f"{study:<16} {page}")
+        print(f"  {study:<16} {page}", flush=True)
 
 
 if __name__ == "__main__":
