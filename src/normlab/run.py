@@ -111,11 +111,10 @@ def writable(folder: Path) -> Path:
     return folder
 
 
-def open_cell(cfg: DictConfig, checkpoints: Path, claimed: bool) -> Cell:
+def open_cell(cfg: DictConfig, fingerprint: str, checkpoints: Path, claimed: bool) -> Cell:
     """Find the cell's runs in the store and plan: skip, resume or start (nothing loaded yet);
     busy when another process holds the cell's claim."""
     client, experiment = tracking.open_store(cfg.tracking.uri, cfg.study)
-    fingerprint = cells.fingerprint(cfg)
     checkpoint = resume.checkpoint_path(checkpoints, fingerprint)
     plan = resume.BUSY
     if claimed:
@@ -279,8 +278,9 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
         raise ValueError("fit needs cfg.tracking.uri resolved (normlab.config.tracking_uri)")
     checkpoints = writable(config.checkpoint_dir(cfg.checkpoint_dir))
     # Held from planning to the end: of two processes given one cell, one trains it.
-    with locks.hold(resume.claim_path(checkpoints, cells.fingerprint(cfg)), wait=False) as claimed:
-        cell = open_cell(cfg, checkpoints, claimed)
+    fingerprint = cells.fingerprint(cfg)
+    with locks.hold(resume.claim_path(checkpoints, fingerprint), wait=False) as claimed:
+        cell = open_cell(cfg, fingerprint, checkpoints, claimed)
         if cell.plan.action in ("skip", "busy"):
             return skip(cell)
         pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the init (data orders have their own)
