@@ -11,6 +11,7 @@ from normlab import bench
 def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "SUBSETS", {256: 512, 8: 64})
     monkeypatch.setattr(bench, "ghost_step_ratio", lambda: bench.step_seconds("ghost", [], 16, 5) / 0.01)
+    monkeypatch.setattr(bench, "FUSED_BATCHES", (2,))
     lines: list[str] = []
     results = bench.run(epochs=2, repeats=1, sweep=False, say=lines.append)
     for batch in (256, 8):
@@ -21,3 +22,4 @@ def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> Non
     assert re.fullmatch(r"speed ratio vs reference: bs256=\d+\.\d\d bs8=\d+\.\d\d", bench.final_line(results))
     assert any("scratch BN time per step" in line for line in lines)
     assert results["ghost_vs_native"] > 0 and any("ghost BN (virtual batch 2)" in line for line in lines)
+    assert results["fused_bs2"] > 0 and any("fused training, 15 BN-LeNets" in line for line in lines)

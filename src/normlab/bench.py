@@ -36,9 +36,11 @@ from omegaconf import DictConfig
 from normlab import config, data, tracking
 from normlab.config import compose as compose_config
 from normlab.config import effective_lr
+from normlab.fused import FusedLeNet, fused_loss, sgd_step
 from normlab.run import build_net, fit
 
 NORMS = ("none", "scratch", "native")
+FUSED_BATCHES = (2, 8, 32, 256)  # where fused training is measured
 # Images per epoch at each batch size: at least ~100 steps, about a second per epoch on 2 cores.
 SUBSETS = {256: 12288, 8: 2048}
 
@@ -151,6 +153,42 @@ def ghost_step_ratio(repeats: int = 5, steps: int = 50) -> float:
     return statistics.median(ratios)
 
 
+def fused_speedup(batch_size: int, k: int = 15, steps: int = 30, repeats: int = 3) -> float:
+    """Samples/s per model of K BN-LeNets trained as one fused model (``normlab.fused``) over the
+    same K trained one after another, plain loops, same data; alternating, median of ``repeats``.
+    What fusion would buy a sweep of K cells at this batch size (not yet wired into sweeps)."""
+    torch.manual_seed(0)
+    nets = [build_net(compose_config(["norm=scratch"])).train() for _ in range(k)]
+    fused = FusedLeNet(nets)
+    images = torch.rand(k, batch_size, 1, 28, 28)
+    labels = torch.randint(0, 10, (k, batch_size))
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.01) for net in nets]
+    lrs = torch.full((k,), 0.01)
+
+    def alone() -> None:
+        for net, optimizer, x, y in zip(nets, optimizers, images, labels, strict=True):
+            optimizer.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+
+    def together() -> None:
+        fused.zero_grad()
+        fused_loss(fused(images), labels)[0].backward()
+        sgd_step(fused, lrs)
+
+    ratios = []
+    for _ in range(repeats):
+        seconds = []
+        for step in (alone, together):
+            step()  # warm-up
+            started = time.perf_counter()
+            for _ in range(steps):
+                step()
+            seconds.append(time.perf_counter() - started)
+        ratios.append(seconds[0] / seconds[1])
+    return statistics.median(ratios)
+
+
 def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = print) -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="normlab-bench-") as workdir:
@@ -186,6 +224,10 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
             say(f"bs{batch_size:<4} scratch BN time per step = {step_ratio:.2f} x native")
         results["ghost_vs_native"] = ghost_step_ratio()
         say(f"bs128  ghost BN (virtual batch 2) time per step = {results['ghost_vs_native']:.2f} x native")
+        for batch_size in FUSED_BATCHES:
+            results[f"fused_bs{batch_size}"] = fused_speedup(batch_size)
+        speedups = " ".join(f"bs{b}={results[f'fused_bs{b}']:.2f}" for b in FUSED_BATCHES)
+        say(f"fused training, 15 BN-LeNets as one (plain loop, samples/s per model): speed-up {speedups}")
         if sweep:
             jobs = max(2, min(4, os.cpu_count() or 1))
             one, many = sweep_seconds(1, store, Path(workdir)), sweep_seconds(jobs, store, Path(workdir))
