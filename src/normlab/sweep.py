@@ -98,10 +98,14 @@ def start_parent_run(config: DictConfig) -> str:
 
 def close_if_running(client: MlflowClient, run_id: str) -> None:
     """At the sweep process's exit: a parent run still RUNNING was interrupted (Ctrl-C, an
-    exception) before its summary; mark it KILLED. (SIGKILL leaves it to the next sweep.)"""
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_tag(run_id, "failure", "sweep interrupted before its summary")
-        end_run(client, run_id, "KILLED")
+    exception) before its summary; mark it KILLED. (SIGKILL leaves it to the next sweep.) Best
+    effort: a store gone at exit leaves it to the next sweep too."""
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure", "sweep interrupted before its summary")
+            end_run(client, run_id, "KILLED")
+    except Exception:  # any store error at exit: nothing more to do here
+        pass
 
 
 def parent_run_id(sweep_dir: Path) -> str | None:
