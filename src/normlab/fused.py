@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normlab.batch_norm import BatchNorm
 from normlab.models import LeNet
 
 
@@ -99,6 +100,47 @@ class PerModel(nn.Module):
         return dict(self.models[k].state_dict())
 
 
+class FusedBatchNorm(nn.Module):
+    """K batch norms of one kind and one setting as one over K*C channels: BN is per channel, so
+    each model's statistics, running averages and gradients stay its own, in one call."""
+
+    def __init__(self, norms: Sequence[nn.Module]) -> None:
+        super().__init__()
+        first = norms[0]
+        self.k, channels = len(norms), first.num_features * len(norms)
+        if isinstance(first, BatchNorm):
+            self.layer: nn.Module = BatchNorm(
+                channels, first.spatial, first.momentum, first.eps, first.center, first.scale, first.affine
+            )
+        else:
+            self.layer = type(first)(channels, first.eps, first.momentum, first.affine)
+        with torch.no_grad():
+            for name, tensor in self.layer.state_dict().items():
+                parts = [norm.state_dict()[name] for norm in norms]
+                tensor.copy_(parts[0] if tensor.dim() == 0 else torch.cat(parts))
+        self.layer.to(first.running_mean)  # the models' dtype and device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def part(self, k: int) -> dict[str, torch.Tensor]:
+        return {name: tensor if tensor.dim() == 0 else tensor.view(self.k, -1)[k]
+                for name, tensor in self.layer.state_dict().items()}  # fmt: skip
+
+    @staticmethod
+    def fits(norms: Sequence[nn.Module]) -> bool:
+        """Plain BN (scratch or torch's) of one type and one setting in every model."""
+        first = norms[0]
+        if type(first) not in (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d):
+            return False
+        setting = ("momentum", "eps", "affine", "center", "scale", "spatial", "num_features")
+        return all(
+            type(norm) is type(first)
+            and all(getattr(norm, a, None) == getattr(first, a, None) for a in setting)
+            for norm in norms
+        )
+
+
 SHARED = (nn.Sigmoid, nn.AvgPool2d, nn.Flatten)  # act per channel: one module serves all K
 
 
@@ -121,7 +163,7 @@ def _fuse_layer(layers: list[nn.Module]) -> nn.Module:
         return FusedLinear(layers)
     if isinstance(first, SHARED):
         return first
-    return PerModel(layers)
+    return FusedBatchNorm(layers) if FusedBatchNorm.fits(layers) else PerModel(layers)
 
 
 def _is_norm(layer: nn.Module) -> bool:
@@ -148,7 +190,7 @@ class FusedLeNet(nn.Sequential):
         """Model k's state dict, with a LeNet's keys (``0.weight``, ``1.running_mean``, ...)."""
         state = {}
         for index, layer in enumerate(self):
-            if isinstance(layer, FusedConv2d | FusedLinear | PerModel):
+            if isinstance(layer, FusedConv2d | FusedLinear | FusedBatchNorm | PerModel):
                 state.update({f"{index}.{key}": value for key, value in layer.part(k).items()})
         return state
 
@@ -166,9 +208,9 @@ def fused_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 def sgd_step(model: FusedLeNet, lrs: torch.Tensor) -> None:
     """Plain SGD with model k's lr ``lrs[k]`` (torch's ``p -= lr * grad``, no momentum or decay)."""
     for layer in model:
-        if isinstance(layer, FusedConv2d | FusedLinear):
-            for parameter in (layer.weight, layer.bias):
-                if parameter is not None and parameter.grad is not None:
+        if isinstance(layer, FusedConv2d | FusedLinear | FusedBatchNorm):
+            for parameter in layer.parameters():  # model k's values: row k of a (K, -1) view
+                if parameter.grad is not None:
                     rows = parameter.view(layer.k, -1)
                     rows.sub_(parameter.grad.view(layer.k, -1) * lrs.to(rows.dtype)[:, None])
         elif isinstance(layer, PerModel):
