@@ -11,7 +11,7 @@ import logging
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -115,12 +115,11 @@ def open_cell(cfg: DictConfig, fingerprint: str, checkpoints: Path, claimed: boo
     """Find the cell's runs in the store and plan: skip, resume or start (nothing loaded yet);
     busy when another process holds the cell's claim."""
     client, experiment = tracking.open_store(cfg.tracking.uri, cfg.study)
-    checkpoint = resume.checkpoint_path(checkpoints, fingerprint)
-    plan = resume.BUSY
+    cell = Cell(cfg, cells.run_name(cfg), fingerprint, client, experiment, checkpoints, resume.BUSY)
     if claimed:
-        plan = resume.plan_cell(client, experiment, fingerprint, checkpoint, bool(cfg.force))
-    cell = Cell(cfg, cells.run_name(cfg), fingerprint, client, experiment, checkpoints, plan)
-    _say(f"[{cell.name}] {plan.action}: {plan.reason}")
+        plan = resume.plan_cell(client, experiment, fingerprint, cell.checkpoint, bool(cfg.force))
+        cell = replace(cell, plan=plan)
+    _say(f"[{cell.name}] {cell.plan.action}: {cell.plan.reason}")
     return cell
 
 
@@ -269,13 +268,13 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
     metrics. A cell with a FINISHED run is skipped, a killed one resumes from its last epoch
     checkpoint into the same run (``normlab.resume``). ``tags`` go on a new run (its sweep's
     parent run, the run it reruns)."""
+    if not cfg.tracking.uri:
+        raise ValueError("fit needs cfg.tracking.uri resolved (normlab.config.tracking_uri)")
     config.check_config(cfg)
     data.check_root(cfg.data.root)
     cfg = cells.canonical(cfg)
     _quiet_libraries()
-    trainer = make_trainer(cfg)
-    if not cfg.tracking.uri:
-        raise ValueError("fit needs cfg.tracking.uri resolved (normlab.config.tracking_uri)")
+    trainer = make_trainer(cfg)  # before the store is touched: a missing GPU records nothing
     checkpoints = writable(config.checkpoint_dir(cfg.checkpoint_dir))
     # Held from planning to the end: of two processes given one cell, one trains it.
     fingerprint = cells.fingerprint(cfg)
