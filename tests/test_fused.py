@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normlab.fused import FusedBatchNorm, FusedLeNet, fused_loss, sgd_step
+from normlab.fused import FusedLeNet, FusedNorms, fused_loss, sgd_step
 from normlab.models import LeNet
 from normlab.norms import norm_factory
 
@@ -20,6 +20,8 @@ MIXED = [
 ]
 SAME = [("scratch", {"momentum": 0.1})] * 3  # one BN over 3 x C channels per layer
 NATIVE = [("native", {"momentum": 0.3})] * 3
+# Sorted by kind, as sweeps fuse them: each run of one kind is one norm over its models' channels.
+SORTED = [("group", {})] * 2 + [("layer", {})] * 2 + [("none", {})] + [("scratch", {"momentum": 0.1})] * 2
 # Ghost BN over 4-sample virtual batches amplifies float64 rounding ~2.5x per SGD step (measured:
 # 5e-17 after one step, 4e-11 after 20 at lr 0.3, fused or not): checked at rounding level per step.
 GHOST = [("scratch", {"momentum": 0.1}), ("ghost", {"virtual_batch_size": 4})]
@@ -41,7 +43,9 @@ def _largest_difference(fused: FusedLeNet, alone: list[LeNet]) -> float:
     )
 
 
-def _train_both(models: list, steps: int, **lenet: object) -> tuple[FusedLeNet, list[LeNet], list[float]]:
+def _train_both(
+    models: list, steps: int, loss_atol: float = 1e-9, **lenet: object
+) -> tuple[FusedLeNet, list[LeNet], list[float]]:
     """The same ``steps`` SGD steps, each model alone and all fused; the largest difference of
     any weight or buffer after each step."""
     nets = _nets(models, **lenet)
@@ -65,18 +69,20 @@ def _train_both(models: list, steps: int, **lenet: object) -> tuple[FusedLeNet, 
         fused.zero_grad()
         total, losses = fused_loss(fused(images), labels)
         total.backward()
-        torch.testing.assert_close(losses.tolist(), expected, rtol=0, atol=1e-9)  # each model's own loss
+        torch.testing.assert_close(losses.tolist(), expected, rtol=0, atol=loss_atol)  # each model's own loss
         sgd_step(fused, lrs)
         differences.append(_largest_difference(fused, alone))
     return fused, alone, differences
 
 
-@pytest.mark.parametrize("models", [MIXED, SAME, NATIVE], ids=["mixed kinds", "scratch BN", "torch BN"])
+@pytest.mark.parametrize(
+    "models", [MIXED, SAME, NATIVE, SORTED], ids=["mixed kinds", "scratch BN", "torch BN", "sorted kinds"]
+)
 @pytest.mark.parametrize("lenet", [{}, {"norm_position": "after_activation"}], ids=["before", "after"])
 def test_twenty_fused_steps_equal_each_model_alone(models: list, lenet: dict) -> None:
     fused, alone, _ = _train_both(models, 20, **lenet)
-    one_kind = models is not MIXED  # then each layer's K norms are one BN over K x C channels
-    assert any(isinstance(layer, FusedBatchNorm) for layer in fused) == one_kind
+    kinds = len({kind for kind, _ in models})  # then each layer's norms are one norm per kind
+    assert {len(layer.stacks) for layer in fused if isinstance(layer, FusedNorms)} == {kinds}
     generator = torch.Generator().manual_seed(1)
     for k, net in enumerate(alone):
         expected = net.state_dict()
@@ -98,9 +104,15 @@ def test_twenty_fused_steps_equal_each_model_alone(models: list, lenet: dict) ->
             torch.testing.assert_close(outputs[k], net.eval()(test[k]), rtol=0, atol=1e-10)
 
 
-def test_fused_ghost_bn_differs_from_alone_by_rounding_only() -> None:
-    _, _, differences = _train_both(GHOST, 20)
-    assert differences[0] < 1e-15 and differences[-1] < 1e-9, differences
+GHOSTS = [("ghost", {"virtual_batch_size": 4})] * 3  # one ghost BN over 3 x C channels
+
+
+@pytest.mark.parametrize("models", [GHOST, GHOSTS], ids=["beside BN", "stacked"])
+def test_fused_ghost_bn_differs_from_alone_by_rounding_only(models: list) -> None:
+    # Stacked, the 64-bit rounding of the first step grows ~x2.5 per step as it does alone (measured:
+    # 6e-17 after one step, 2e-9 after 20; one ghost model alone vs fused with itself: 3e-12).
+    _, _, differences = _train_both(models, 20, loss_atol=1e-7)
+    assert differences[0] < 1e-15 and differences[-1] < 1e-8, differences
 
 
 def test_models_of_different_architectures_do_not_fuse() -> None:

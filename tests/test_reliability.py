@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from normlab import tracking
+from normlab.fused_run import FUSED_WITH_TAG
 from normlab.run import fit
 from tests.conftest import QUICK, cell_runs, run_sweep
 
@@ -22,8 +23,8 @@ CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=
 COMPARED = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats")
 
 
-def _sweep(store: str, workdir: Path, name: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "normlab.train", "-m", *CELLS,
+def _sweep(store: str, workdir: Path, name: str, fuse: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "normlab.train", "-m", *CELLS, f"fuse={fuse}",
                f"checkpoint_dir={workdir / 'checkpoints'}", f"hydra.sweep.dir={workdir / name}"]  # fmt: skip
     log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
@@ -35,7 +36,7 @@ def _kill_after_a_checkpoint(process: subprocess.Popen, checkpoints: Path, newer
     exists: mid-run, after at least one epoch of this attempt."""
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
-        if any(p.stat().st_mtime > newer_than for p in checkpoints.glob("*/last.ckpt")):
+        if any(p.stat().st_mtime > newer_than for p in checkpoints.glob("*/*.ckpt")):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             return
@@ -48,22 +49,23 @@ def _runs(store: str) -> list:
 
 
 @pytest.mark.slow
-def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fuse", ["false", "true"], ids=["alone", "fused"])
+def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path, fuse: str) -> None:
     killed_store = f"sqlite:///{tmp_path / 'killed.db'}"
     checkpoints = tmp_path / "checkpoints"
     for attempt in ("first", "second"):
         started = time.time()
-        _kill_after_a_checkpoint(_sweep(killed_store, tmp_path, attempt), checkpoints, started)
+        _kill_after_a_checkpoint(_sweep(killed_store, tmp_path, attempt, fuse), checkpoints, started)
     # killed processes leave RUNNING runs; a rerun marks those it cannot resume KILLED
     assert {r.info.status for r in _runs(killed_store)} <= {"RUNNING", "KILLED"}
-    final = _sweep(killed_store, tmp_path, "final")
+    final = _sweep(killed_store, tmp_path, "final", fuse)
     assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
     log = (tmp_path / "final.log").read_text()
     assert "resume: resuming run" in log and "[sweep] 2 cells:" in log and "0 failed" in log
 
     reference_store = f"sqlite:///{tmp_path / 'reference.db'}"
     (tmp_path / "ref").mkdir()
-    reference = _sweep(reference_store, tmp_path / "ref", "uninterrupted")
+    reference = _sweep(reference_store, tmp_path / "ref", "uninterrupted", fuse)
     assert reference.wait(timeout=300) == 0, (tmp_path / "ref" / "uninterrupted.log").read_text()[-3000:]
 
     killed, expected = _runs(killed_store), {r.data.tags["norm"]: r for r in _runs(reference_store)}
@@ -73,7 +75,8 @@ def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path)
         finished = next(r for r in cell if r.info.status == "FINISHED")
         for key in COMPARED:
             assert finished.data.metrics[key] == expected[norm].data.metrics[key], (norm, key)
-    assert not list(checkpoints.glob("*/last.ckpt"))  # removed once their runs finished
+    assert not list(checkpoints.glob("*/*.ckpt"))  # removed once their runs finished
+    assert all((FUSED_WITH_TAG in r.data.tags) == (fuse == "true") for r in killed)
     # The two killed sweeps' parent runs were closed by the final one; resumed runs keep no stale failure.
     client = MlflowClient(killed_store)
     experiment = client.get_experiment_by_name("kill_test").experiment_id

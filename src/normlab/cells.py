@@ -16,9 +16,19 @@ import json
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-# Keys that say where results go or how they are presented, not what is computed: left out of the
-# fingerprint, so fixing a label or recording elsewhere trains nothing again.
-NOT_FINGERPRINTED = ("tracking", "checkpoint_dir", "force", "report", "label", "reference")
+# Keys that say where results go, how they are presented or how cells are scheduled (fused or
+# alone: the same numbers), not what is computed: left out of the fingerprint, so fixing a label or
+# recording elsewhere trains nothing again.
+NOT_FINGERPRINTED = (
+    "tracking",
+    "checkpoint_dir",
+    "force",
+    "report",
+    "label",
+    "reference",
+    "fuse",
+    "fuse_group",
+)
 # The tags that identify a table's sample: one run per (setup, seed).
 TABLE_IDENTITY = ("setup", "seed")
 

@@ -156,6 +156,7 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     # Seeds weights (torch takes < 2**32 via Lightning) and the SeedSequence of the data orders (>= 0).
     "seed": ("an integer in 0..4294967295", lambda v: _integer(v) and 0 <= v < 2**32),
     "force": ("true or false", lambda v: isinstance(v, bool)),
+    "fuse": ("auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
     "tracking.system_metrics_s": ("a number > 0 (seconds)", lambda v: _number(v) and v > 0),
 }
 _ABSENT = object()

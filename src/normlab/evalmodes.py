@@ -108,6 +108,17 @@ def accuracy(model: nn.Module, batches: Batches, batch_statistics: bool = False)
     return correct / total
 
 
+def evaluate(
+    net: nn.Module, train_batches: Batches, test_batches: Batches, precise_samples: int
+) -> dict[str, float]:
+    """``val/acc_precise`` and ``val/acc_batchstats`` of a trained network with BN."""
+    precise = precise_bn(net, train_batches, precise_samples)
+    return {
+        "val/acc_precise": accuracy(precise, test_batches),
+        "val/acc_batchstats": accuracy(net, test_batches, batch_statistics=True),
+    }
+
+
 class EvalModes(pl.Callback):
     """After training, logs ``val/acc_precise`` and ``val/acc_batchstats`` for networks with BN."""
 
@@ -120,11 +131,7 @@ class EvalModes(pl.Callback):
         net = pl_module.net  # the plain nn.Module: copying it does not copy the trainer
         if not bn_layers(net) or trainer.current_epoch == 0:
             return
-        precise = precise_bn(net, self.train_batches, self.precise_samples)
-        metrics = {
-            "val/acc_precise": accuracy(precise, self.test_batches),
-            "val/acc_batchstats": accuracy(net, self.test_batches, batch_statistics=True),
-        }
+        metrics = evaluate(net, self.train_batches, self.test_batches, self.precise_samples)
         for logger in trainer.loggers:  # Lightning's convention: the 0-based epoch they belong to
             logger.log_metrics({**metrics, "epoch": trainer.current_epoch - 1})
         trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})

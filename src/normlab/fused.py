@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.batch_norm import BatchNorm
+from normlab.batch_variants import GhostBatchNorm
 from normlab.models import LeNet
 
 
@@ -80,65 +81,112 @@ class FusedLinear(nn.Module):
         return parts
 
 
-class PerModel(nn.Module):
-    """Each model's own module (its norm) on its slice of the channels (dim 1)."""
+def _setting(norm: nn.Module) -> tuple[object, ...] | None:
+    """What must be equal for K norms to run as one over K x C channels (None: they cannot).
 
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.models = nn.ModuleList(modules)
-        self.identity = all(isinstance(module, nn.Identity) for module in modules)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.identity:
-            return x
-        slices = x.chunk(len(self.models), dim=1)
-        # Contiguous slices: a norm then reduces in the same order as it does alone.
-        outputs = [module(part.contiguous()) for module, part in zip(self.models, slices, strict=True)]
-        return torch.cat(outputs, dim=1)
-
-    def part(self, k: int) -> dict[str, torch.Tensor]:
-        return dict(self.models[k].state_dict())
+    Batch norms (scratch, ghost, torch's) normalize per channel and group norms per contiguous
+    group of channels, so K of one type and setting side by side are one layer of K x C channels
+    (and K x G groups): each model's statistics, running averages and gradients stay its own."""
+    if isinstance(norm, nn.Identity):
+        return ("identity",)
+    if type(norm) in (BatchNorm, GhostBatchNorm):
+        options = ("spatial", "momentum", "eps", "center", "scale", "affine", "virtual_batch_size")
+        return (type(norm), norm.num_features, *(getattr(norm, name, None) for name in options))
+    if type(norm) in (nn.BatchNorm1d, nn.BatchNorm2d):
+        return (type(norm), norm.num_features, norm.momentum, norm.eps, norm.affine, norm.track_running_stats)
+    if type(norm) is nn.GroupNorm:
+        return (nn.GroupNorm, norm.num_groups, norm.num_channels, norm.eps, norm.affine)
+    return None
 
 
-class FusedBatchNorm(nn.Module):
-    """K batch norms of one kind and one setting as one over K*C channels: BN is per channel, so
-    each model's statistics, running averages and gradients stay its own, in one call."""
+def _widened(norm: nn.Module, k: int) -> nn.Module:
+    """``norm`` built for k times its channels (and groups)."""
+    if isinstance(norm, nn.Identity):
+        return nn.Identity()
+    if isinstance(norm, GhostBatchNorm):
+        return GhostBatchNorm(
+            k * norm.num_features, norm.spatial, norm.momentum, norm.eps, norm.virtual_batch_size
+        )
+    if isinstance(norm, BatchNorm):
+        return BatchNorm(
+            k * norm.num_features, norm.spatial, norm.momentum, norm.eps, norm.center, norm.scale, norm.affine
+        )
+    if isinstance(norm, nn.GroupNorm):
+        return nn.GroupNorm(k * norm.num_groups, k * norm.num_channels, norm.eps, norm.affine)
+    return type(norm)(k * norm.num_features, norm.eps, norm.momentum, norm.affine)
+
+
+class StackedNorm(nn.Module):
+    """K norms of one type and setting (``_setting``) as one layer over their K x C channels; a
+    norm no other matches is a stack of one (any module that acts on its own channels)."""
 
     def __init__(self, norms: Sequence[nn.Module]) -> None:
         super().__init__()
-        first = norms[0]
-        self.k, channels = len(norms), first.num_features * len(norms)
-        if isinstance(first, BatchNorm):
-            self.layer: nn.Module = BatchNorm(
-                channels, first.spatial, first.momentum, first.eps, first.center, first.scale, first.affine
-            )
-        else:
-            self.layer = type(first)(channels, first.eps, first.momentum, first.affine)
+        self.k = len(norms)
+        if self.k == 1:
+            self.layer = norms[0]
+            return
+        self.layer = _widened(norms[0], self.k)
         with torch.no_grad():
             for name, tensor in self.layer.state_dict().items():
                 parts = [norm.state_dict()[name] for norm in norms]
                 tensor.copy_(parts[0] if tensor.dim() == 0 else torch.cat(parts))
-        self.layer.to(first.running_mean)  # the models' dtype and device
+        for tensor in norms[0].state_dict().values():  # the models' dtype and device
+            self.layer.to(tensor)
+            break
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
 
     def part(self, k: int) -> dict[str, torch.Tensor]:
+        """Model k's (of this stack) state, with its own layer's keys."""
+        if self.k == 1:
+            return dict(self.layer.state_dict())
         return {name: tensor if tensor.dim() == 0 else tensor.view(self.k, -1)[k]
                 for name, tensor in self.layer.state_dict().items()}  # fmt: skip
 
-    @staticmethod
-    def fits(norms: Sequence[nn.Module]) -> bool:
-        """Plain BN (scratch or torch's) of one type and one setting in every model."""
-        first = norms[0]
-        if type(first) not in (BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d):
-            return False
-        setting = ("momentum", "eps", "affine", "center", "scale", "spatial", "num_features")
-        return all(
-            type(norm) is type(first)
-            and all(getattr(norm, a, None) == getattr(first, a, None) for a in setting)
-            for norm in norms
+
+class FusedNorms(nn.Module):
+    """The K models' norms of one layer: consecutive models whose norms stack (``_setting``) run
+    as one ``StackedNorm`` over their channels, so K models of 4 kinds, sorted by kind, cost 4
+    calls, not K. Each stack sees a contiguous copy of its channels: a norm then reduces in the
+    same order as it does alone."""
+
+    def __init__(self, norms: Sequence[nn.Module]) -> None:
+        super().__init__()
+        runs: list[list[nn.Module]] = []
+        for norm in norms:
+            setting = _setting(norm)
+            if runs and setting is not None and setting == _setting(runs[-1][0]):
+                runs[-1].append(norm)
+            else:
+                runs.append([norm])
+        self.k = len(norms)
+        self.stacks = nn.ModuleList(StackedNorm(run) for run in runs)
+        self.firsts = [
+            sum(len(run) for run in runs[:i]) for i in range(len(runs))
+        ]  # each stack's first model
+        self.identity = all(isinstance(stack.layer, nn.Identity) for stack in self.stacks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return x
+        if len(self.stacks) == 1:
+            return self.stacks[0](x)
+        per_model = x.shape[1] // self.k
+        slices = x.split([stack.k * per_model for stack in self.stacks], dim=1)
+        return torch.cat(
+            [stack(part.contiguous()) for stack, part in zip(self.stacks, slices, strict=True)], 1
         )
+
+    def locate(self, k: int) -> tuple[StackedNorm, int]:
+        """The stack that holds model k, and k's index in it."""
+        index = max(i for i, first in enumerate(self.firsts) if first <= k)
+        return self.stacks[index], k - self.firsts[index]
+
+    def part(self, k: int) -> dict[str, torch.Tensor]:
+        stack, index = self.locate(k)
+        return stack.part(index)
 
 
 SHARED = (nn.Sigmoid, nn.AvgPool2d, nn.Flatten)  # act per channel: one module serves all K
@@ -163,7 +211,7 @@ def _fuse_layer(layers: list[nn.Module]) -> nn.Module:
         return FusedLinear(layers)
     if isinstance(first, SHARED):
         return first
-    return FusedBatchNorm(layers) if FusedBatchNorm.fits(layers) else PerModel(layers)
+    return FusedNorms(layers)
 
 
 def _is_norm(layer: nn.Module) -> bool:
@@ -190,7 +238,7 @@ class FusedLeNet(nn.Sequential):
         """Model k's state dict, with a LeNet's keys (``0.weight``, ``1.running_mean``, ...)."""
         state = {}
         for index, layer in enumerate(self):
-            if isinstance(layer, FusedConv2d | FusedLinear | FusedBatchNorm | PerModel):
+            if isinstance(layer, FusedConv2d | FusedLinear | FusedNorms):
                 state.update({f"{index}.{key}": value for key, value in layer.part(k).items()})
         return state
 
@@ -206,15 +254,20 @@ def fused_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def sgd_step(model: FusedLeNet, lrs: torch.Tensor) -> None:
-    """Plain SGD with model k's lr ``lrs[k]`` (torch's ``p -= lr * grad``, no momentum or decay)."""
+    """Plain SGD with model k's lr ``lrs[k]`` (torch's ``p -= lr * grad``, no momentum or decay).
+    A parameter of a unit of n models holds model i's values in row i of its (n, -1) view."""
     for layer in model:
-        if isinstance(layer, FusedConv2d | FusedLinear | FusedBatchNorm):
-            for parameter in layer.parameters():  # model k's values: row k of a (K, -1) view
+        if isinstance(layer, FusedConv2d | FusedLinear):
+            units = [(layer, lrs)]
+        elif isinstance(layer, FusedNorms):
+            units = [
+                (stack, lrs[first : first + stack.k])
+                for stack, first in zip(layer.stacks, layer.firsts, strict=True)
+            ]
+        else:
+            continue
+        for unit, unit_lrs in units:
+            for parameter in unit.parameters():
                 if parameter.grad is not None:
-                    rows = parameter.view(layer.k, -1)
-                    rows.sub_(parameter.grad.view(layer.k, -1) * lrs.to(rows.dtype)[:, None])
-        elif isinstance(layer, PerModel):
-            for lr, module in zip(lrs.tolist(), layer.models, strict=True):
-                for parameter in module.parameters():
-                    if parameter.grad is not None:
-                        parameter.add_(parameter.grad, alpha=-lr)
+                    rows = parameter.view(unit.k, -1)
+                    rows.sub_(parameter.grad.view(unit.k, -1) * unit_lrs.to(rows.dtype)[:, None])

@@ -21,6 +21,29 @@ class Diverged(ArithmeticError):
     """The training or validation loss became NaN or infinite."""
 
 
+def lr_factor(step: int, warmup_steps: int, cosine_steps: int) -> float:
+    """The lr of step ``step`` (from 0) over the configured one: a linear ramp over the first
+    ``warmup_steps`` (Goyal et al. 2017: what lets a large linearly scaled lr start), then, with
+    ``cosine_steps``, a half cosine down to 0 at the last of that many steps (Loshchilov &
+    Hutter 2017), so every cell ends its budget annealed rather than mid-noise."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(cosine_steps - warmup_steps, 1))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def divergence(metrics: dict[str, float], epoch: int) -> str | None:
+    """Why an epoch's metrics say the run diverged (a NaN test loss is as diverged as a NaN
+    training loss), or None."""
+    for stage in ("train", "val"):
+        loss = metrics.get(f"{stage}/loss", 0.0)
+        if not math.isfinite(loss):
+            return f"diverged at epoch {epoch} ({stage} loss {loss})"
+    return None
+
+
 class Classifier(pl.LightningModule):
     """Trains ``net`` with cross-entropy and logs, once per epoch:
 
@@ -65,16 +88,7 @@ class Classifier(pl.LightningModule):
         return self.net(x)
 
     def lr_factor(self, step: int) -> float:
-        """The lr of step ``step`` (from 0) over the configured one: a linear ramp over the first
-        ``warmup_steps`` (Goyal et al. 2017: what lets a large linearly scaled lr start), then, with
-        ``cosine_steps``, a half cosine down to 0 at the last of that many steps (Loshchilov &
-        Hutter 2017), so every cell ends its budget annealed rather than mid-noise."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if not self.cosine_steps:
-            return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / max(self.cosine_steps - self.warmup_steps, 1))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return lr_factor(step, self.warmup_steps, self.cosine_steps)
 
     def configure_optimizers(self) -> dict[str, object]:
         optimizer = self.optimizer_factory(self.parameters())
@@ -138,10 +152,9 @@ class Classifier(pl.LightningModule):
             if n:
                 metrics[f"{stage}/loss"] = loss_sum / n
                 metrics[f"{stage}/acc"] = correct / n
-        for stage in ("train", "val"):  # a NaN test loss is as diverged as a NaN training loss
-            loss = metrics.get(f"{stage}/loss", 0.0)
-            if not math.isfinite(loss):
-                raise Diverged(f"diverged at epoch {self.current_epoch + 1} ({stage} loss {loss})")
+        diverged = divergence(metrics, self.current_epoch + 1)
+        if diverged:
+            raise Diverged(diverged)
         if self.trainer.state.fn == TrainerFn.FITTING:
             group = self.trainer.optimizers[0].param_groups[0]
             metrics["lr"] = group["initial_lr"]  # the configured (peak) lr: tables group cells by it

@@ -60,8 +60,13 @@ def claim_path(checkpoint_dir: Path, fingerprint: str) -> Path:
     return checkpoint_dir / "claims" / f"{fingerprint}.lock"
 
 
-def checkpoint_path(checkpoint_dir: Path, fingerprint: str) -> Path:
-    return checkpoint_dir / fingerprint / "last.ckpt"
+# A cell's checkpoint: Lightning's of a solo run, or the cell's own state in a fused group
+# (normlab.fused_run). Each path resumes only its own; the other's means a new run.
+SOLO, FUSED = "last.ckpt", "fused.ckpt"
+
+
+def checkpoint_path(checkpoint_dir: Path, fingerprint: str, name: str = SOLO) -> Path:
+    return checkpoint_dir / fingerprint / name
 
 
 def remove_checkpoint(checkpoint_dir: Path, fingerprint: str) -> None:

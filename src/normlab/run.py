@@ -71,6 +71,8 @@ def _quiet_libraries() -> None:
     # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
     warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # A fused group steps its own SGD (normlab.fused.sgd_step): Lightning need not optimize.
+    warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`.*")
 
 
 @dataclass(frozen=True)
@@ -84,17 +86,20 @@ class Cell:
     experiment: str
     checkpoints: Path
     plan: resume.Plan
+    checkpoint_name: str = resume.SOLO  # resume.FUSED in a fused group
 
     @property
     def checkpoint(self) -> Path:
-        return resume.checkpoint_path(self.checkpoints, self.fingerprint)
+        return resume.checkpoint_path(self.checkpoints, self.fingerprint, self.checkpoint_name)
 
 
-def make_trainer(cfg: DictConfig) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, max_epochs: int | None = None) -> pl.Trainer:
     """The Lightning trainer, made before anything is recorded: an accelerator this machine lacks
-    is a sentence, not a traceback after a run was opened (its logger is attached in ``build``)."""
+    is a sentence, not a traceback after a run was opened (its logger is attached in ``build``).
+    ``max_epochs``: what is left of ``trainer.max_epochs`` (a resumed fused group)."""
+    settings = {**cfg.trainer, **({"max_epochs": max_epochs} if max_epochs is not None else {})}
     try:
-        return pl.Trainer(**cfg.trainer, logger=False, **QUIET_TRAINER)
+        return pl.Trainer(**settings, logger=False, **QUIET_TRAINER)
     except (MisconfigurationException, ValueError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"trainer={dict(cfg.trainer)} cannot run here: {first}") from None
@@ -111,11 +116,14 @@ def writable(folder: Path) -> Path:
     return folder
 
 
-def open_cell(cfg: DictConfig, fingerprint: str, checkpoints: Path, claimed: bool) -> Cell:
+def open_cell(
+    cfg: DictConfig, fingerprint: str, checkpoints: Path, claimed: bool, checkpoint_name: str = resume.SOLO
+) -> Cell:
     """Find the cell's runs in the store and plan: skip, resume or start (nothing loaded yet);
     busy when another process holds the cell's claim."""
     client, experiment = tracking.open_store(cfg.tracking.uri, cfg.study)
-    cell = Cell(cfg, cells.run_name(cfg), fingerprint, client, experiment, checkpoints, resume.BUSY)
+    name = cells.run_name(cfg)
+    cell = Cell(cfg, name, fingerprint, client, experiment, checkpoints, resume.BUSY, checkpoint_name)
     if claimed:
         plan = resume.plan_cell(client, experiment, fingerprint, cell.checkpoint, bool(cfg.force))
         cell = replace(cell, plan=plan)

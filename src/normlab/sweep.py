@@ -27,18 +27,25 @@ OUTCOME_FILE = "outcome.json"
 PARENT_RUN_FILE = "parent_run_id"
 
 
-def record_outcome(job_dir: Path, cell: str, status: str, reason: str = "") -> None:
+def record_outcomes(job_dir: Path, outcomes: list[tuple[str, str, str]]) -> None:
+    """A job's (cell, status, reason) per cell: one cell, or a fused group's."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / OUTCOME_FILE).write_text(json.dumps({"cell": cell, "status": status, "reason": reason}))
+    records = [{"cell": cell, "status": status, "reason": reason} for cell, status, reason in outcomes]
+    (job_dir / OUTCOME_FILE).write_text(json.dumps(records))
+
+
+def record_outcome(job_dir: Path, cell: str, status: str, reason: str = "") -> None:
+    record_outcomes(job_dir, [(cell, status, reason)])
 
 
 def read_outcomes(sweep_dir: Path) -> tuple[list[dict[str, str]], list[str]]:
-    """The outcomes of a sweep's jobs, and the job folders that have none (their process died)."""
+    """The outcomes of a sweep's cells, and the job folders that have none (their process died)."""
     outcomes, missing = [], []
     for job_dir in sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")):
         path = job_dir / OUTCOME_FILE
         if path.exists():
-            outcomes.append(json.loads(path.read_text()))
+            recorded = json.loads(path.read_text())
+            outcomes.extend(recorded if isinstance(recorded, list) else [recorded])
         else:
             missing.append(job_dir.name)
     return outcomes, missing

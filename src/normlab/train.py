@@ -13,24 +13,55 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from normlab import cells, config, sweep
 from normlab.config import CONF_DIR, ConfigError
 from normlab.data import DataError
+from normlab.fused_run import fit_group
 from normlab.run import PARENT_TAG, Interrupted, RunFailed, fit
 from normlab.tracking import StoreError
+
+
+def fused_group(job_dir: Path, group_file: str, tags: dict[str, str]) -> float:
+    """A sweep job of fused cells (the sweeper's ``fuse_group`` file): each cell's outcome into
+    the job folder; the mean test accuracy of the cells that have one."""
+    cfgs, overrides = [], []
+    for entry in OmegaConf.load(group_file).cells:
+        cell_cfg = entry.config
+        OmegaConf.set_struct(cell_cfg, True)  # as Hydra hands a task its config
+        cell_cfg.tracking.uri = config.tracking_uri(cell_cfg.tracking.uri)
+        cfgs.append(cell_cfg)
+        overrides.append(list(entry.overrides))
+    names = [cells.run_name(cells.canonical(cfg)) for cfg in cfgs]
+    try:
+        results = fit_group(cfgs, overrides, tags)
+    except (DataError, ConfigError, StoreError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sweep.record_outcomes(job_dir, [(name, "failed", str(error)) for name in names])
+        return float("nan")
+    except Interrupted as interruption:
+        print(interruption, file=sys.stderr)
+        sweep.record_outcomes(job_dir, [(name, "failed", str(interruption)) for name in names])
+        raise SystemExit(130) from None
+    sweep.record_outcomes(job_dir, [(r.name, r.status, r.reason) for r in results])
+    accuracies = [
+        r.outcome.metrics["val/acc"] for r in results if r.outcome and "val/acc" in r.outcome.metrics
+    ]
+    return sum(accuracies) / len(accuracies) if accuracies else float("nan")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     hydra_config = HydraConfig.get()
     job_dir = Path(hydra_config.runtime.output_dir)
-    cfg.tracking.uri = config.tracking_uri(cfg.tracking.uri)  # resolved once, here, for the whole run
-    cell = cells.run_name(cells.canonical(cfg))
     multirun = hydra_config.mode == RunMode.MULTIRUN
     parent = sweep.parent_run_id(Path(hydra_config.sweep.dir)) if multirun else None
     tags = {PARENT_TAG: parent} if parent else {}
+    if cfg.fuse_group:
+        return fused_group(job_dir, cfg.fuse_group, tags)
+    cfg.tracking.uri = config.tracking_uri(cfg.tracking.uri)  # resolved once, here, for the whole run
+    cell = cells.run_name(cells.canonical(cfg))
     try:
         outcome = fit(cfg, list(hydra_config.overrides.task), tags)
     except (DataError, ConfigError, StoreError, RunFailed) as error:
