@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU check (about 5 minutes): `make bench` on the GPU, then one short sweep over all visible GPUs with
-# 1 and with 4 jobs per GPU (the pool launcher's default), printing throughput and GPU utilization.
+# GPU check (about 10-20 minutes): `make bench` on the GPU (incl. fused training), one short sweep over
+# all visible GPUs with 1 and with 4 jobs per GPU (the pool launcher's default), then the full
+# batch_size study (profile=full, fuse=auto: one fused model per batch size), printing throughput,
+# wall times and GPU utilization. Goal: the full batch_size study in <= 15 min on one H200.
 # Usage: scripts/gpu_check.sh [output folder]   (default: a temporary folder; reports are copied there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ trap 'kill $SAMPLER 2>/dev/null || true' EXIT
 
 mark() { echo "$(date +%s) $1" >> "$OUT/phases.txt"; }
 mark bench
-timeout 150 "$PY" -m normlab.bench --epochs 3 --repeats 2 --no-sweep --out "$OUT/bench-cuda.md" | tee "$OUT/bench.txt"
+timeout 300 "$PY" -m normlab.bench --epochs 3 --repeats 5 --no-sweep --out "$OUT/bench-cuda.md" | tee "$OUT/bench.txt"
 
 # The same 8 cells (2 norms x 4 seeds, 60k images, 2 epochs) with 1 and with 4 jobs per GPU.
 for per_gpu in 1 4; do
@@ -33,6 +35,14 @@ for per_gpu in 1 4; do
         2>&1 | grep -E '^\[sweep\]|error' | tail -3
     echo "sweep jobs_per_gpu=$per_gpu: $(( $(date +%s) - started )) s for 8 cells"
 done
+
+# The full batch-size study (all 60k images, 10 epochs, 5 seeds, fused where fuse=auto says).
+mark batch_size_full
+started=$(date +%s)
+timeout 1200 "$PY" -m normlab.train -m experiment=batch_size profile=full study=batch_size_full \
+    hydra.sweep.dir="$OUT/batch_size_full" 2>&1 | grep -E '^\[sweep\]|Fused training|error' | tail -4 || true
+echo "batch_size study, profile=full: $(( $(date +%s) - started )) s wall time"
+"$PY" -m normlab.report batch_size_full >/dev/null 2>&1 && cp experiments/batch_size_full/RESULTS.md "$OUT/" || true
 mark end
 kill $SAMPLER 2>/dev/null || true
 

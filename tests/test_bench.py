@@ -10,8 +10,11 @@ from normlab import bench
 @pytest.mark.slow
 def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "SUBSETS", {256: 512, 8: 64})
-    monkeypatch.setattr(bench, "ghost_step_ratio", lambda: bench.step_seconds("ghost", [], 16, 5) / 0.01)
-    monkeypatch.setattr(bench, "FUSED_BATCHES", (2,))
+    monkeypatch.setattr(
+        bench, "ghost_step_ratios", lambda repeats: [bench.step_seconds("ghost", [], 16, 5) / 0.01]
+    )
+    monkeypatch.setattr(bench, "FUSED_SUBSETS", {2: 64, 256: 512})
+    monkeypatch.setattr(bench, "AUTO_LINE_BATCHES", (2, 256))
     lines: list[str] = []
     results = bench.run(epochs=2, repeats=1, sweep=False, say=lines.append)
     for batch in (256, 8):
@@ -19,7 +22,15 @@ def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> Non
             assert results[f"bs{batch}/{norm}/platform"] > 0 and results[f"bs{batch}/{norm}/reference"] > 0
             assert 0 < results[f"bs{batch}/{norm}/logging"] < 1
         assert results[f"bs{batch}/scratch_vs_native"] > 0
-    assert re.fullmatch(r"speed ratio vs reference: bs256=\d+\.\d\d bs8=\d+\.\d\d", bench.final_line(results))
+    assert re.fullmatch(r"speed ratio vs reference: bs256=\d+\.\d\d bs8=\d+\.\d\d", bench.ratio_line(results))
+    assert re.fullmatch(
+        r"fused speed-up: bs2=\d+\.\d\d bs256=1\.00", bench.final_line(results)
+    )  # auto: 256 alone
+    assert any(line.startswith("load average (1 min)") for line in lines)
     assert any("scratch BN time per step" in line for line in lines)
     assert results["ghost_vs_native"] > 0 and any("ghost BN (virtual batch 2)" in line for line in lines)
-    assert results["fused_bs2"] > 0 and any("fused training, 15 BN-LeNets" in line for line in lines)
+    assert results["fused_bs2"] > 0 and results["fused_bs256"] > 0
+    assert any(
+        re.search(r"fused: samples/s per cell \d+\.\d\d \[.*\] x alone; fuse=auto fuses", line)
+        for line in lines
+    )

@@ -8,9 +8,16 @@ Measured (samples/s of training passes; the first epoch is warm-up and not count
 - scratch vs native BN time per step, from the platform runs; ghost BN with virtual batch 2 at
   batch 128 (64 statistics groups per layer, one reshape) vs native BN, per step;
 - MLflow logging: seconds inside the logger's ``log_metrics`` over the seconds of the whole fit;
-- sweep throughput: the same small sweep with 1 and with N parallel jobs (pool launcher).
+- sweep throughput: the same small sweep with 1 and with N parallel jobs (pool launcher);
+- fused training (``normlab.fused_run``): 15 cells (none, scratch, native, group, layer BN-LeNets,
+  3 seeds each: the batch_size study's kinds) trained as one fused group vs each alone, through
+  the platform (``fit_group`` vs ``fit``), samples/s per cell of their second epoch.
 
-The last line is ``speed ratio vs reference: bs256=<x> bs8=<y>`` (BN-LeNet, native BN).
+Every ratio is the median of ``--repeats`` (default 5) interleaved repeats, printed with its
+min-max spread; the load average before and after says whether the machine was quiet.
+The second-to-last line is ``speed ratio vs reference: bs256=<x> bs8=<y>`` (BN-LeNet, native BN),
+the last ``fused speed-up: bs2=<x> bs8=<y> bs256=<z>`` with ``fuse=auto`` (a batch size it trains
+alone has speed-up 1 by construction; the measured fused ratio is printed above it).
 """
 
 from __future__ import annotations
@@ -33,14 +40,18 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
-from normlab import config, data, tracking
+from normlab import config, data, fusion, tracking
 from normlab.config import compose as compose_config
 from normlab.config import effective_lr
-from normlab.fused import FusedLeNet, fused_loss, sgd_step
+from normlab.fused_run import fit_group
 from normlab.run import build_net, fit
 
 NORMS = ("none", "scratch", "native")
-FUSED_BATCHES = (2, 8, 32, 256)  # where fused training is measured
+FUSED_KINDS = ("none", "scratch", "native", "group", "layer")  # x FUSED_SEEDS = the 15 fused cells
+FUSED_SEEDS = 3
+# Images per epoch of the fused measurement at each batch size: ~1 s per epoch for a cell alone.
+FUSED_SUBSETS = {2: 1024, 8: 3072, 32: 8192, 256: 16384}
+AUTO_LINE_BATCHES = (2, 8, 256)  # the last line's
 # Images per epoch at each batch size: at least ~100 steps, about a second per epoch on 2 cores.
 SUBSETS = {256: 12288, 8: 2048}
 
@@ -142,60 +153,72 @@ def step_seconds(norm: str, options: list[str], batch_size: int, steps: int) -> 
     return statistics.median(times[steps // 5 :])  # the first fifth warms up
 
 
-def ghost_step_ratio(repeats: int = 5, steps: int = 50) -> float:
+def ghost_step_ratios(repeats: int = 5, steps: int = 50) -> list[float]:
     """Ghost BN at batch 128 with virtual batch 2 (64 statistics groups per layer) over native BN's
-    step time, runs alternating so that load drifts hit both; the median of the per-pair ratios."""
+    step time, runs alternating so that load drifts hit both; the per-pair ratios."""
     ratios = []
     for _ in range(repeats):
         native = step_seconds("native", [], 128, steps)
         ghost = step_seconds("ghost", ["norm.virtual_batch_size=2"], 128, steps)
         ratios.append(ghost / native)
-    return statistics.median(ratios)
+    return ratios
 
 
-def fused_speedup(batch_size: int, k: int = 15, steps: int = 30, repeats: int = 3) -> float:
-    """Samples/s per model of K BN-LeNets trained as one fused model (``normlab.fused``) over the
-    same K trained one after another, plain loops, same data; alternating, median of ``repeats``.
-    What fusion would buy a sweep of K cells at this batch size (not yet wired into sweeps)."""
-    torch.manual_seed(0)
-    nets = [build_net(compose_config(["norm=scratch"])).train() for _ in range(k)]
-    fused = FusedLeNet(nets)
-    images = torch.rand(k, batch_size, 1, 28, 28)
-    labels = torch.randint(0, 10, (k, batch_size))
-    optimizers = [torch.optim.SGD(net.parameters(), lr=0.01) for net in nets]
-    lrs = torch.full((k,), 0.01)
+def spread(ratios: list[float]) -> str:
+    """``<median> [<min>-<max>]``: a ratio of interleaved repeats with its spread."""
+    return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
 
-    def alone() -> None:
-        for net, optimizer, x, y in zip(nets, optimizers, images, labels, strict=True):
-            optimizer.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            optimizer.step()
 
-    def together() -> None:
-        fused.zero_grad()
-        fused_loss(fused(images), labels)[0].backward()
-        sgd_step(fused, lrs)
+def load_note(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
+    """The 1-minute load average around the bench, and whether other work competed with it (the
+    bench itself keeps at most its torch threads busy)."""
+    cores = os.cpu_count() or 1
+    busy = max(before[0], after[0]) > cores + 0.5 or before[0] > 0.5 * cores
+    verdict = (
+        "BUSY: other work shared the cores; the ratios below may mislead, rerun on a quiet machine"
+        if busy
+        else "quiet"
+    )
+    return f"load average (1 min) {before[0]:.2f} before, {after[0]:.2f} after, {cores} cores: {verdict}"
 
-    ratios = []
-    for _ in range(repeats):
-        seconds = []
-        for step in (alone, together):
-            step()  # warm-up
-            started = time.perf_counter()
-            for _ in range(steps):
-                step()
-            seconds.append(time.perf_counter() - started)
-        ratios.append(seconds[0] / seconds[1])
-    return statistics.median(ratios)
+
+def _fused_cfg(batch_size: int, kind: str, seed: int, workdir: str, store: str) -> DictConfig:
+    return compose_config([
+        "study=bench-fused", f"norm={kind}", f"seed={seed}", f"data.batch_size={batch_size}",
+        f"data.train_subset={FUSED_SUBSETS[batch_size]}", "trainer.max_epochs=2", "eval.precise_samples=64",
+        f"tracking.uri={store}", "force=true", f"checkpoint_dir={workdir}/checkpoints",
+    ])  # fmt: skip
+
+
+def fused_ratio(batch_size: int, workdir: str, store: str) -> float:
+    """Samples/s per cell of 15 cells trained as one fused group over the same cells trained alone
+    (each kind alone once: its 3 seeds cost the same), second epochs (the first warms up)."""
+    with redirect_stderr(io.StringIO()):
+        cfgs = [
+            _fused_cfg(batch_size, kind, seed, workdir, store)
+            for kind in FUSED_KINDS
+            for seed in range(FUSED_SEEDS)
+        ]
+        group = fit_group(cfgs, [[] for _ in cfgs])
+        assert group[0].outcome is not None
+        together = group[0].outcome.metrics["perf/samples_per_s"]
+        seconds_alone = [  # per sample, of each kind alone
+            1 / fit(_fused_cfg(batch_size, kind, 0, workdir, store), []).metrics["perf/samples_per_s"]
+            for kind in FUSED_KINDS
+        ]
+    return together * statistics.mean(seconds_alone)
 
 
 def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = print) -> dict[str, float]:
     results: dict[str, float] = {}
+    before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="normlab-bench-") as workdir:
         store = f"sqlite:///{workdir}/mlflow.db"
         say(f"bench: {torch.get_num_threads()} torch threads, {os.cpu_count()} cores, "
-            f"cuda={torch.cuda.is_available()}; {epochs} epochs x {repeats} repeats per cell")  # fmt: skip
+            f"cuda={torch.cuda.is_available()}; {epochs} epochs per run, ratios: median [min-max] "
+            f"of {repeats} interleaved repeats")  # fmt: skip
         for batch_size, subset in SUBSETS.items():
+            rates: dict[str, list[float]] = {}
             for norm in NORMS:
                 cfg = compose_config([
                     "study=bench", f"norm={norm}", f"data.batch_size={batch_size}",
@@ -206,42 +229,58 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
                 reference, platform, logging_share = [], [], []
                 for _ in range(repeats):  # alternate, so drifts in machine load hit both sides
                     reference.append(steady(reference_rates(cfg, epochs)))
-                    rates, share = platform_rates(cfg)
-                    platform.append(steady(rates))
+                    platform_epochs, share = platform_rates(cfg)
+                    platform.append(steady(platform_epochs))
                     logging_share.append(share)
-                ours, theirs = statistics.median(platform), statistics.median(reference)
-                results[f"bs{batch_size}/{norm}/platform"] = ours
-                results[f"bs{batch_size}/{norm}/reference"] = theirs
-                results[f"bs{batch_size}/{norm}/ratio"] = ours / theirs
+                ratios = [ours / theirs for ours, theirs in zip(platform, reference, strict=True)]
+                rates[norm] = platform
+                results[f"bs{batch_size}/{norm}/platform"] = statistics.median(platform)
+                results[f"bs{batch_size}/{norm}/reference"] = statistics.median(reference)
+                results[f"bs{batch_size}/{norm}/ratio"] = statistics.median(ratios)
                 results[f"bs{batch_size}/{norm}/logging"] = max(logging_share)
-                share = 100 * max(logging_share)
-                say(f"bs{batch_size:<4} {norm:<8} platform {ours:9.0f}/s  reference {theirs:9.0f}/s  "
-                    f"ratio {ours / theirs:5.2f}  logging {share:.2f}% of fit time")  # fmt: skip
-            step_ratio = (
-                results[f"bs{batch_size}/native/platform"] / results[f"bs{batch_size}/scratch/platform"]
-            )
-            results[f"bs{batch_size}/scratch_vs_native"] = step_ratio
-            say(f"bs{batch_size:<4} scratch BN time per step = {step_ratio:.2f} x native")
-        results["ghost_vs_native"] = ghost_step_ratio()
-        say(f"bs128  ghost BN (virtual batch 2) time per step = {results['ghost_vs_native']:.2f} x native")
-        for batch_size in FUSED_BATCHES:
-            results[f"fused_bs{batch_size}"] = fused_speedup(batch_size)
-        speedups = " ".join(f"bs{b}={results[f'fused_bs{b}']:.2f}" for b in FUSED_BATCHES)
-        say(f"fused training, 15 BN-LeNets as one (plain loop, samples/s per model): speed-up {speedups}")
+                say(f"bs{batch_size:<4} {norm:<8} platform {statistics.median(platform):9.0f}/s  "
+                    f"reference {statistics.median(reference):9.0f}/s  ratio {spread(ratios)}  "
+                    f"logging {100 * max(logging_share):.2f}% of fit time")  # fmt: skip
+            step_ratios = [n / s for n, s in zip(rates["native"], rates["scratch"], strict=True)]
+            results[f"bs{batch_size}/scratch_vs_native"] = statistics.median(step_ratios)
+            say(f"bs{batch_size:<4} scratch BN time per step = {spread(step_ratios)} x native")
+        ghost = ghost_step_ratios(repeats)
+        results["ghost_vs_native"] = statistics.median(ghost)
+        say(f"bs128  ghost BN (virtual batch 2) time per step = {spread(ghost)} x native")
+        fused: dict[int, list[float]] = {batch_size: [] for batch_size in FUSED_SUBSETS}
+        for _ in range(repeats):  # each repeat over every batch size: load drifts hit all alike
+            for batch_size in FUSED_SUBSETS:
+                fused[batch_size].append(fused_ratio(batch_size, workdir, store))
+        for batch_size, ratios in fused.items():
+            results[f"fused_bs{batch_size}"] = statistics.median(ratios)
+            auto = fusion.wanted(_fused_cfg(batch_size, "none", 0, workdir, store))
+            results[f"auto_bs{batch_size}"] = statistics.median(ratios) if auto else 1.0
+            verdict = "fuses" if auto else "trains alone"
+            say(f"bs{batch_size:<4} 15 cells (5 norm kinds x 3 seeds) fused: samples/s per cell "
+                f"{spread(ratios)} x alone; fuse=auto {verdict} here")  # fmt: skip
         if sweep:
             jobs = max(2, min(4, os.cpu_count() or 1))
-            one, many = sweep_seconds(1, store, Path(workdir)), sweep_seconds(jobs, store, Path(workdir))
-            results.update(sweep_1_s=one, sweep_n_s=many, sweep_jobs=jobs)
-            say(f"sweep of 4 cells: 1 job {one:.1f} s, {jobs} jobs {many:.1f} s, speed-up {one / many:.2f}x")
+            ratios = []
+            for _ in range(repeats):
+                one, many = sweep_seconds(1, store, Path(workdir)), sweep_seconds(jobs, store, Path(workdir))
+                ratios.append(one / many)
+            results.update(sweep_speedup=statistics.median(ratios), sweep_jobs=jobs)
+            say(f"sweep of 4 cells: {jobs} jobs vs 1 job, speed-up {spread(ratios)}x")
+    say(load_note(before, os.getloadavg()))
     return results
 
 
-def final_line(results: dict[str, float]) -> str:
-    """The bench's last line, for scripts: BN-LeNet with native BN, platform / reference samples/s."""
+def ratio_line(results: dict[str, float]) -> str:
+    """The second-to-last line, for scripts: BN-LeNet with native BN, platform / reference samples/s."""
     return (
         f"speed ratio vs reference: bs256={results['bs256/native/ratio']:.2f} "
         f"bs8={results['bs8/native/ratio']:.2f}"
     )
+
+
+def final_line(results: dict[str, float]) -> str:
+    """The last line, for scripts: samples/s per cell of a 15-cell sweep with fuse=auto vs fuse=false."""
+    return "fused speed-up: " + " ".join(f"bs{b}={results[f'auto_bs{b}']:.2f}" for b in AUTO_LINE_BATCHES)
 
 
 def write_report(path: Path, lines: list[str], command: str) -> None:
@@ -270,7 +309,7 @@ def write_report(path: Path, lines: list[str], command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per measured run (first is warm-up)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating reference/platform runs per cell")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of every ratio")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the 1-vs-N-jobs sweep")
     parser.add_argument("--out", type=Path, help="default: experiments/bench/RESULTS-<cpu|cuda>.md")
     arguments = parser.parse_args()
@@ -283,8 +322,11 @@ def main() -> None:
     results = run(arguments.epochs, arguments.repeats, arguments.sweep, say)
     kind = "cuda" if torch.cuda.is_available() else "cpu"
     out = arguments.out or config.EXPERIMENTS_DIR / "bench" / f"RESULTS-{kind}.md"
-    write_report(out, [*lines, final_line(results)], " ".join(["make bench", *sys.argv[1:]]))
+    write_report(
+        out, [*lines, ratio_line(results), final_line(results)], " ".join(["make bench", *sys.argv[1:]])
+    )
     print(f"wrote {out}")
+    print(ratio_line(results))
     print(final_line(results))
 
 

@@ -175,9 +175,11 @@ class FusedNorms(nn.Module):
             return self.stacks[0](x)
         per_model = x.shape[1] // self.k
         slices = x.split([stack.k * per_model for stack in self.stacks], dim=1)
-        return torch.cat(
-            [stack(part.contiguous()) for stack, part in zip(self.stacks, slices, strict=True)], 1
-        )
+        outputs = [
+            part if isinstance(stack.layer, nn.Identity) else stack(part.contiguous())
+            for stack, part in zip(self.stacks, slices, strict=True)
+        ]
+        return torch.cat(outputs, 1)
 
     def locate(self, k: int) -> tuple[StackedNorm, int]:
         """The stack that holds model k, and k's index in it."""
@@ -256,6 +258,7 @@ def fused_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 def sgd_step(model: FusedLeNet, lrs: torch.Tensor) -> None:
     """Plain SGD with model k's lr ``lrs[k]`` (torch's ``p -= lr * grad``, no momentum or decay).
     A parameter of a unit of n models holds model i's values in row i of its (n, -1) view."""
+    lrs = lrs.to(next(model.parameters()).dtype)
     for layer in model:
         if isinstance(layer, FusedConv2d | FusedLinear):
             units = [(layer, lrs)]
@@ -269,5 +272,5 @@ def sgd_step(model: FusedLeNet, lrs: torch.Tensor) -> None:
         for unit, unit_lrs in units:
             for parameter in unit.parameters():
                 if parameter.grad is not None:
-                    rows = parameter.view(unit.k, -1)
-                    rows.sub_(parameter.grad.view(unit.k, -1) * unit_lrs.to(rows.dtype)[:, None])
+                    rows = parameter.view(unit.k, -1)  # in place, no temporary: p -= grad * lr
+                    rows.addcmul_(parameter.grad.view(unit.k, -1), unit_lrs[:, None], value=-1)

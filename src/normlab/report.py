@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from normlab import cells, config, convergence, findings, plots, tracking, ui
+from normlab import cells, config, convergence, findings, plots, tracking, ui, walltime
 from normlab.config import EXPERIMENTS_DIR
 from normlab.stats_tests import prediction_interval
 
@@ -397,6 +397,7 @@ def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
             "",
             *compared,
         ]
+    sections += walltime.section(study, uri)
     (out_dir / "RESULTS.md").write_text("\n".join(sections) + "\n")
     log_summary_run(study, uri, [out_dir / "RESULTS.md", out_dir / "results.csv", *(p for _, p in figures)])
     return summary

@@ -17,9 +17,10 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from normlab import resume
+from normlab.cells import canonical, run_name
 from normlab.config import tracking_uri
 from normlab.tracking import end_run, open_store, process_tags
 
@@ -47,8 +48,17 @@ def read_outcomes(sweep_dir: Path) -> tuple[list[dict[str, str]], list[str]]:
             recorded = json.loads(path.read_text())
             outcomes.extend(recorded if isinstance(recorded, list) else [recorded])
         else:
-            missing.append(job_dir.name)
+            missing += [f"{job_dir.name} ({cell})" for cell in _job_cells(job_dir)] or [job_dir.name]
     return outcomes, missing
+
+
+def _job_cells(job_dir: Path) -> list[str]:
+    """The cells of a fused group's job (its ``fuse_group`` file); [] for a job of one cell."""
+    overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+    files = [o.removeprefix("fuse_group=").strip("'\"") for o in overrides if o.startswith("fuse_group=")]
+    if not files or not Path(files[0]).exists():
+        return []
+    return [run_name(canonical(entry.config)) for entry in OmegaConf.load(files[0]).cells]
 
 
 def summary(outcomes: list[dict[str, str]], missing: list[str]) -> tuple[str, list[str]]:

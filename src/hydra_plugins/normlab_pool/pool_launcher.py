@@ -162,7 +162,7 @@ class PoolLauncher(Launcher):
         shared = (state, jobs, results, os.getpid())
         workers = [self._start(context, slot, shared) for slot in slots]
         where = ", ".join(f"{'gpu ' + s.gpu if s.gpu else 'cpu'} x{s.threads} threads" for s in slots)
-        log.info(f"Launching {len(cells)} cells on {len(slots)} slots ({where})")
+        log.info(f"Launching {len(cells)} jobs on {len(slots)} slots ({where})")
         outcomes = _collect(cells, results, workers)
         return [
             JobReturn(overrides=cells[idx], status=status, _return_value=value)
