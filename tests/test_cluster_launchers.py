@@ -25,9 +25,11 @@ def test_default_launcher_is_the_pool() -> None:
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_records_every_cell(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fuse", ["false", "true"], ids=["alone", "fused"])
+def test_submitit_local_sweep_records_every_cell(tmp_path: Path, fuse: str) -> None:
     """Two cells through submitit's local executor (the SLURM code path without a cluster); the store
-    is created once by the PrepareStore callback before the jobs start."""
+    is created once by the PrepareStore callback before the jobs start. Fused, both cells are one
+    job (one SLURM job per group)."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     arguments = [
         "launcher=submitit_local",
@@ -37,10 +39,13 @@ def test_submitit_local_sweep_records_every_cell(tmp_path: Path) -> None:
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
         "eval.precise_samples=128",
+        f"fuse={fuse}",
     ]
     result = run_sweep(arguments, store, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = cell_runs(store, "submitit_test")
     assert sorted(r.data.tags["norm"] for r in runs) == ["native", "none"]
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))  # submitit ran them
+    jobs = list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))  # submitit ran them
+    assert len(jobs) == (1 if fuse == "true" else 2)
+    assert all(("fused_with" in r.data.tags) == (fuse == "true") for r in runs)
