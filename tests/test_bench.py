@@ -14,6 +14,8 @@ def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> Non
         bench, "ghost_step_ratios", lambda repeats: [bench.step_seconds("ghost", [], 16, 5) / 0.01]
     )
     monkeypatch.setattr(bench, "FUSED_SUBSETS", {2: 64, 256: 512})
+    monkeypatch.setattr(bench, "FUSED_KINDS", ("none", "scratch"))  # 2 kinds x 1 seed: the path, quickly
+    monkeypatch.setattr(bench, "FUSED_SEEDS", 1)
     monkeypatch.setattr(bench, "AUTO_LINE_BATCHES", (2, 256))
     lines: list[str] = []
     results = bench.run(epochs=2, repeats=1, sweep=False, say=lines.append)
@@ -31,6 +33,5 @@ def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> Non
     assert results["ghost_vs_native"] > 0 and any("ghost BN (virtual batch 2)" in line for line in lines)
     assert results["fused_bs2"] > 0 and results["fused_bs256"] > 0
     assert any(
-        re.search(r"fused: \d+\.\d\d \[.*\] x the samples/s .* fuse=auto fuses here", line)
-        for line in lines
+        re.search(r"fused: \d+\.\d\d \[.*\] x the samples/s .* fuse=auto fuses here", line) for line in lines
     )

@@ -257,7 +257,9 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
             auto = fusion.wanted(_fused_cfg(batch_size, "none", 0, workdir, store))
             results[f"auto_bs{batch_size}"] = statistics.median(ratios) if auto else 1.0
             verdict = "fuses" if auto else "trains alone"
-            say(f"bs{batch_size:<4} 15 cells (5 norm kinds x 3 seeds) fused: {spread(ratios)} x the "
+            kinds = len(FUSED_KINDS)
+            cells = f"{kinds * FUSED_SEEDS} cells ({kinds} norm kinds x {FUSED_SEEDS} seeds)"
+            say(f"bs{batch_size:<4} {cells} fused: {spread(ratios)} x the "
                 f"samples/s of training them one after another; fuse=auto {verdict} here")  # fmt: skip
         if sweep:
             jobs = max(2, min(4, os.cpu_count() or 1))
