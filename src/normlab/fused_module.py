@@ -8,16 +8,14 @@ cell's metrics into that cell's own MLflow run.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from normlab.data import Batch, IndexBatches
 from normlab.fused import FusedLeNet, sgd_step
-from normlab.module import divergence, lr_factor
+from normlab.module import EpochSums, divergence, lr_factor
 
 
 class FusedEpochs:
@@ -54,7 +52,7 @@ class FusedCalls:
             )
 
 
-class FusedClassifier(pl.LightningModule):
+class FusedClassifier(EpochSums):
     """Trains a ``FusedLeNet`` of K cells: model k with lr ``lrs[k]`` (times the shared warm-up
     and cosine schedule), starting at step ``first_step`` (a resumed group). After each epoch
     ``epoch_metrics[k]`` holds cell k's metrics, named as ``Classifier`` logs them, or None for a
@@ -72,7 +70,7 @@ class FusedClassifier(pl.LightningModule):
         first_step: int = 0,
         epoch_offset: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(sums_shape=(model.k, 2))
         self.automatic_optimization = False
         self.model = model
         self.base_lrs = torch.tensor(lrs, dtype=torch.float64)
@@ -82,10 +80,6 @@ class FusedClassifier(pl.LightningModule):
         self.epoch_offset = epoch_offset
         self.epoch_metrics: list[dict[str, float] | None] = [None] * model.k
         self.diverged: dict[int, str] = {}  # cells whose loss turned NaN this epoch: why
-        self._sums = {stage: torch.zeros(model.k, 2, dtype=torch.float64) for stage in ("train", "val")}
-        self._counts = {"train": 0, "val": 0}  # samples per cell
-        self._train_started = 0.0
-        self._train_seconds = 0.0
 
     def configure_optimizers(self) -> None:
         return None  # ``fused.sgd_step``: one lr per model within each fused tensor
@@ -120,24 +114,6 @@ class FusedClassifier(pl.LightningModule):
         images, labels = batch
         k = self.model.k  # every cell is tested on the same batches
         self._step(images.expand(k, *images.shape), labels.expand(k, *labels.shape), "val")
-
-    def _reset(self, stage: str) -> None:
-        self._sums[stage] = torch.zeros(self.model.k, 2, dtype=torch.float64, device=self.device)
-        self._counts[stage] = 0
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def on_train_epoch_start(self) -> None:
-        self._reset("train")
-        self._synchronize()
-        self._train_started = time.perf_counter()
-
-    def on_validation_epoch_start(self) -> None:
-        self._synchronize()
-        self._train_seconds = time.perf_counter() - self._train_started
-        self._reset("val")
 
     def on_validation_epoch_end(self) -> None:
         self.diverged = {}

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -37,11 +38,11 @@ from normlab.run import (
     Interrupted,
     Outcome,
     RunFailed,
-    _quiet_libraries,
-    _say,
     build_net,
     make_trainer,
     open_cell,
+    quiet_libraries,
+    say,
     skip,
     start,
     writable,
@@ -74,19 +75,45 @@ class Member:
 
 def save_checkpoint(member: Member, state: dict[str, torch.Tensor], epochs: int, steps: int) -> None:
     """The cell's state after ``epochs`` epochs, written to a temporary file and renamed (a kill
-    mid-write never leaves a torn checkpoint)."""
+    mid-write never leaves a torn checkpoint); the one before is kept as ``previous``, so that
+    cells killed while the group wrote its checkpoints can all resume from one epoch."""
     path = member.cell.checkpoint
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save({"epochs": epochs, "steps": steps, "net": {k: v.cpu() for k, v in state.items()}}, partial)
+    if path.exists():
+        os.replace(path, previous(path))
     os.replace(partial, path)
 
 
-def _resumed(member: Member) -> Member:
-    """A resumed cell with its net and progress as its checkpoint left them."""
-    saved = torch.load(member.cell.checkpoint, map_location="cpu", weights_only=True)
-    member.net.load_state_dict(saved["net"])
-    return replace(member, epochs_done=saved["epochs"], steps_done=saved["steps"])
+def previous(path: Path) -> Path:
+    return path.with_suffix(".previous")
+
+
+def _saved(member: Member) -> dict[int, dict[str, Any]]:
+    """The cell's checkpoints by epoch: the last one and the one before it."""
+    path = member.cell.checkpoint
+    found = [
+        torch.load(p, map_location="cpu", weights_only=True) for p in (path, previous(path)) if p.exists()
+    ]
+    return {saved["epochs"]: saved for saved in found}
+
+
+def _resumed(member: Member, epochs: int | None = None) -> Member:
+    """A resumed cell with its net and progress as its checkpoint after ``epochs`` epochs (default:
+    its last) left them."""
+    saved = _saved(member)
+    state = saved[max(saved) if epochs is None or epochs not in saved else epochs]
+    member.net.load_state_dict(state["net"])
+    return replace(member, epochs_done=state["epochs"], steps_done=state["steps"])
+
+
+def _common_epoch(members: list[Member]) -> int | None:
+    """The epoch every resumed cell has a checkpoint of (a group killed while writing them has some
+    one epoch ahead), or None."""
+    resumed = [set(_saved(m)) for m in members if m.cell.plan.action == "resume"]
+    common = set.intersection(*resumed) if resumed else set()
+    return max(common) if common else None
 
 
 def _log(client: Any, run_id: str, metrics: dict[str, float], epoch: int) -> None:
@@ -118,7 +145,7 @@ class GroupRecords(pl.Callback):
             member.cell.client.set_tag(member.run_id, "failure", f"Diverged: {why}"[:400])
             tracking.end_run(member.cell.client, member.run_id, "FAILED")
             self.failed[position] = f"run {member.cell.name} failed: {why}"
-            _say(f"[{member.cell.name}] failed: {why} (masked; the group trains on)")
+            say(f"[{member.cell.name}] failed: {why} (masked; the group trains on)")
         for position, metrics in enumerate(module.epoch_metrics):
             if metrics is None:
                 continue
@@ -136,7 +163,7 @@ class GroupRecords(pl.Callback):
         speed = live[0]["perf/samples_per_s"] / 1000 if live else 0.0
         self.console.print(
             f"[bold]{self.label}[/] epoch {epoch}/{self.total_epochs}  {shown}  "
-            f"{module._train_seconds:.1f} s  {speed:.1f}k samples/s per cell  eta {eta:.0f} s"
+            f"{module.train_seconds:.1f} s  {speed:.1f}k samples/s per cell  eta {eta:.0f} s"
         )
 
 
@@ -166,7 +193,7 @@ def _train(members: list[Member], cfg: DictConfig) -> dict[int, Result]:
     for member in members:
         member.cell.client.set_tag(member.run_id, "device", where)
     per_call = max(1, cfg.data.samples_per_call // batch_size)
-    _say(f"[{label}] training {', '.join(m.cell.name for m in members)}")
+    say(f"[{label}] training {', '.join(m.cell.name for m in members)}")
     with ExitStack() as monitors:
         for member in members:
             monitors.enter_context(
@@ -247,7 +274,7 @@ def fit_group(
         config.check_config(cfg)
     cfgs = [cells.canonical(cfg) for cfg in cfgs]
     data.check_root(cfgs[0].data.root)
-    _quiet_libraries()
+    quiet_libraries()
     make_trainer(cfgs[0])  # before the store is touched: a missing GPU records nothing
     checkpoints = writable(config.checkpoint_dir(cfgs[0].checkpoint_dir))
     names = [cells.run_name(cfg) for cfg in cfgs]
@@ -274,8 +301,10 @@ def fit_group(
             except RunFailed as refused:
                 results[index] = Result(cell.name, "failed", str(refused))
                 continue
-            member = Member(index, cell, run_id, net)
-            members.append(_resumed(member) if cell.plan.action == "resume" else member)
+            members.append(Member(index, cell, run_id, net))
+        # Resumed together from one epoch: the group then trains exactly as it would have.
+        common = _common_epoch(members)
+        members = [_resumed(m, common) if m.cell.plan.action == "resume" else m for m in members]
         # Cells resumed at different epochs (killed apart) train as one group per epoch; within it
         # cells of one norm setting sit side by side, so their norms stack (normlab.fused).
         members.sort(key=lambda m: (m.epochs_done, str(m.cell.cfg.norm)))

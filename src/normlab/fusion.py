@@ -40,8 +40,11 @@ def fusable(cfg: DictConfig) -> bool:
     """Can this cell train within a fused group at all."""
     optimizer = cfg.optimizer
     plain_sgd = optimizer.get("momentum", 0) == 0 and optimizer.get("weight_decay", 0) == 0
+    # torch's BN raises on one value per channel (batch 1 in FC layers): it would fail the group.
+    raises = cfg.norm.kind == "native" and cfg.data.batch_size == 1
     return (
         cfg.norm.kind in FUSABLE
+        and not raises
         and plain_sgd
         and str(cfg.model.get("_target_")) == "normlab.models.LeNet"
         and cells.refusal(cfg) is None

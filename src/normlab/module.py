@@ -44,7 +44,44 @@ def divergence(metrics: dict[str, float], epoch: int) -> str | None:
     return None
 
 
-class Classifier(pl.LightningModule):
+class EpochSums(pl.LightningModule):
+    """What a classifier sums during an epoch, per stage: [loss * n, correct] on the device (of
+    shape ``sums_shape``: (2,), or (K, 2) for K fused cells), n on the host, and the seconds of the
+    epoch's training pass (validation follows the last training batch of every epoch)."""
+
+    def __init__(self, sums_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.sums_shape = sums_shape
+        self._sums = {stage: torch.zeros(self.sums_shape, dtype=torch.float64) for stage in ("train", "val")}
+        self._counts = {"train": 0, "val": 0}
+        self._train_started = 0.0
+        self._train_seconds = 0.0
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds of the last epoch's training pass."""
+        return self._train_seconds
+
+    def _reset(self, stage: str) -> None:
+        self._sums[stage] = torch.zeros(self.sums_shape, dtype=torch.float64, device=self.device)
+        self._counts[stage] = 0
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+        self._synchronize()
+        self._train_started = time.perf_counter()
+
+    def on_validation_epoch_start(self) -> None:
+        self._synchronize()
+        self._train_seconds = time.perf_counter() - self._train_started
+        self._reset("val")
+
+
+class Classifier(EpochSums):
     """Trains ``net`` with cross-entropy and logs, once per epoch:
 
     ``train/loss``, ``train/acc`` (running averages over the epoch in train mode, as d2l reports),
@@ -69,20 +106,12 @@ class Classifier(pl.LightningModule):
         warmup_steps: int = 0,
         cosine_steps: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(sums_shape=(2,))
         self.automatic_optimization = False
         self.net = net
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
         self.cosine_steps = cosine_steps
-        # [sum of loss * n, correct] on the device, and n on the host, for the running epoch per stage
-        self._sums = {
-            "train": torch.zeros(2, dtype=torch.float64),
-            "val": torch.zeros(2, dtype=torch.float64),
-        }
-        self._counts = {"train": 0, "val": 0}
-        self._train_started = 0.0
-        self._train_seconds = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -125,24 +154,6 @@ class Classifier(pl.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(*batch, "val")
-
-    def _reset(self, stage: str) -> None:
-        self._sums[stage] = torch.zeros(2, dtype=torch.float64, device=self.device)
-        self._counts[stage] = 0
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def on_train_epoch_start(self) -> None:
-        self._reset("train")
-        self._synchronize()
-        self._train_started = time.perf_counter()
-
-    def on_validation_epoch_start(self) -> None:
-        self._synchronize()
-        self._train_seconds = time.perf_counter() - self._train_started
-        self._reset("val")
 
     def on_validation_epoch_end(self) -> None:
         metrics = {}

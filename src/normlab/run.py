@@ -61,11 +61,11 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
     return instantiate({k: v for k, v in cfg.model.items() if k != "name"}, norm=instantiate(cfg.norm))
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop lines per run
     # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
@@ -127,7 +127,7 @@ def open_cell(
     if claimed:
         plan = resume.plan_cell(client, experiment, fingerprint, cell.checkpoint, bool(cfg.force))
         cell = replace(cell, plan=plan)
-    _say(f"[{cell.name}] {cell.plan.action}: {cell.plan.reason}")
+    say(f"[{cell.name}] {cell.plan.action}: {cell.plan.reason}")
     return cell
 
 
@@ -158,7 +158,7 @@ def start(cell: Cell, net: torch.nn.Module, overrides: list[str], tags: dict[str
         parent, earlier = tags.get(PARENT_TAG), before.get(PARENT_TAG)
         if parent and earlier and parent != earlier:  # nested under the sweep resuming it, said so
             moved = {"previous_parent": earlier}
-            _say(f"[{cell.name}] moves from sweep run {earlier} to {parent}")
+            say(f"[{cell.name}] moves from sweep run {earlier} to {parent}")
         for key, value in {**tracking.process_tags(), "status": "running", **tags, **moved}.items():
             client.set_tag(run_id, key, value)
         if "failure" in before:  # why it stopped is no longer true
@@ -281,7 +281,7 @@ def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = Non
     config.check_config(cfg)
     data.check_root(cfg.data.root)
     cfg = cells.canonical(cfg)
-    _quiet_libraries()
+    quiet_libraries()
     trainer = make_trainer(cfg)  # before the store is touched: a missing GPU records nothing
     checkpoints = writable(config.checkpoint_dir(cfg.checkpoint_dir))
     # Held from planning to the end: of two processes given one cell, one trains it.
