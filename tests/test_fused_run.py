@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from normlab import fusion
+from normlab import fused_run, fusion
 from normlab.config import compose
 from normlab.fused_run import FUSED_WITH_TAG, fit_group
-from normlab.run import fit
+from normlab.run import Interrupted, fit
 from tests.conftest import cell_runs, run_sweep
 
 SMALL = ["study=fused", "data.train_subset=1024", "data.batch_size=8", "trainer.max_epochs=2",
@@ -126,3 +126,38 @@ def test_a_sweep_runs_each_fused_group_as_one_job(tmp_path: Path) -> None:
     ]
     again = run_sweep(arguments, store, tmp_path)  # every cell finished: skipped, fused or not
     assert "[sweep] 8 cells: 0 trained, 0 resumed, 8 skipped" in again.stdout, again.stdout[-2000:]
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so the group records its cells KILLED, not FAILED."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_at", [1, 2])
+def test_a_group_killed_while_writing_its_checkpoints_resumes_as_if_uninterrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_at: int
+) -> None:
+    """Killed after one cell's checkpoint of epoch ``killed_at`` and before the other's (one cell
+    resumable and one new, or both resumable an epoch apart), the rerun trains both cells as one
+    group again and ends with the metrics of an uninterrupted group, bitwise."""
+    cells = [
+        [*cell, "trainer.max_epochs=3"] for cell in (["norm=scratch", "seed=1"], ["norm=native", "seed=2"])
+    ]
+    expected = fit_group(*_cells(cells, tmp_path, "uninterrupted"))
+    written = fused_run.save_checkpoint
+
+    def save_then_die(member: fused_run.Member, state: dict, epochs: int, steps: int) -> None:
+        written(member, state, epochs, steps)
+        if epochs == killed_at:  # the epoch's first checkpoint
+            raise _Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fused_run, "save_checkpoint", save_then_die)
+        with pytest.raises(Interrupted):
+            fit_group(*_cells(cells, tmp_path, "killed"))
+    resumed = fit_group(*_cells(cells, tmp_path, "killed"))
+    assert sorted(r.status for r in resumed) == ["new" if killed_at == 1 else "resume", "resume"]
+    for ours, theirs in zip(resumed, expected, strict=True):
+        assert ours.outcome is not None and theirs.outcome is not None
+        for key in FINAL:
+            assert ours.outcome.metrics[key] == theirs.outcome.metrics[key], (ours.name, key)

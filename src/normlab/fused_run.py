@@ -81,8 +81,11 @@ def save_checkpoint(member: Member, state: dict[str, torch.Tensor], epochs: int,
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save({"epochs": epochs, "steps": steps, "net": {k: v.cpu() for k, v in state.items()}}, partial)
-    if path.exists():
-        os.replace(path, previous(path))
+    if path.exists():  # linked, not moved: a kill between the two renames still leaves ``path``
+        linked = path.with_suffix(".link")
+        linked.unlink(missing_ok=True)
+        os.link(path, linked)
+        os.replace(linked, previous(path))
     os.replace(partial, path)
 
 
@@ -91,29 +94,29 @@ def previous(path: Path) -> Path:
 
 
 def _saved(member: Member) -> dict[int, dict[str, Any]]:
-    """The cell's checkpoints by epoch: the last one and the one before it."""
+    """The cell's states by epoch: its seed's initial net as epoch 0, and for a resumed cell its
+    last checkpoint and the one before it."""
     path = member.cell.checkpoint
-    found = [
-        torch.load(p, map_location="cpu", weights_only=True) for p in (path, previous(path)) if p.exists()
+    files = (path, previous(path)) if member.cell.plan.action == "resume" else ()
+    found = [torch.load(p, map_location="cpu", weights_only=True) for p in files if p.exists()]
+    initial = {"epochs": 0, "steps": 0, "net": member.net.state_dict()}
+    return {0: initial} | {saved["epochs"]: saved for saved in found}
+
+
+def _at_common_epoch(members: list[Member]) -> list[Member]:
+    """The members, each with its net and progress as its chosen state left them. A group killed
+    while it wrote its checkpoints has some cells one epoch ahead of the others (or, in its first
+    epoch's writes, some resumable and some new): those resume from the epoch behind, so the group
+    trains on exactly as it would have. Cells further apart (grouped anew) keep their last state."""
+    saved = [_saved(m) for m in members]
+    behind = min((max(states) for states in saved), default=0)
+    chosen = [behind if behind in states and max(states) - behind <= 1 else max(states) for states in saved]
+    for member, states, epoch in zip(members, saved, chosen, strict=True):
+        member.net.load_state_dict(states[epoch]["net"])
+    return [
+        replace(m, epochs_done=epoch, steps_done=states[epoch]["steps"])
+        for m, states, epoch in zip(members, saved, chosen, strict=True)
     ]
-    return {saved["epochs"]: saved for saved in found}
-
-
-def _resumed(member: Member, epochs: int | None = None) -> Member:
-    """A resumed cell with its net and progress as its checkpoint after ``epochs`` epochs (default:
-    its last) left them."""
-    saved = _saved(member)
-    state = saved[max(saved) if epochs is None or epochs not in saved else epochs]
-    member.net.load_state_dict(state["net"])
-    return replace(member, epochs_done=state["epochs"], steps_done=state["steps"])
-
-
-def _common_epoch(members: list[Member]) -> int | None:
-    """The epoch every resumed cell has a checkpoint of (a group killed while writing them has some
-    one epoch ahead), or None."""
-    resumed = [set(_saved(m)) for m in members if m.cell.plan.action == "resume"]
-    common = set.intersection(*resumed) if resumed else set()
-    return max(common) if common else None
 
 
 def _log(client: Any, run_id: str, metrics: dict[str, float], epoch: int) -> None:
@@ -302,12 +305,9 @@ def fit_group(
                 results[index] = Result(cell.name, "failed", str(refused))
                 continue
             members.append(Member(index, cell, run_id, net))
-        # Resumed together from one epoch: the group then trains exactly as it would have.
-        common = _common_epoch(members)
-        members = [_resumed(m, common) if m.cell.plan.action == "resume" else m for m in members]
-        # Cells resumed at different epochs (killed apart) train as one group per epoch; within it
-        # cells of one norm setting sit side by side, so their norms stack (normlab.fused).
-        members.sort(key=lambda m: (m.epochs_done, str(m.cell.cfg.norm)))
+        # Cells at different epochs train as one group per epoch; within it cells of one norm
+        # setting sit side by side, so their norms stack (normlab.fused).
+        members = sorted(_at_common_epoch(members), key=lambda m: (m.epochs_done, str(m.cell.cfg.norm)))
         for _, same_epoch in groupby(members, key=lambda m: m.epochs_done):
             results.update(_train(list(same_epoch), cfgs[0]))
     return [results[index] for index in range(len(cfgs))]

@@ -66,14 +66,7 @@ def load_runs(study: str, uri: str) -> pd.DataFrame:
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         raise ReportError(f"no MLflow experiment {study!r} in {uri}; run: make sweep EXP={study}")
-    found, token = [], None
-    while True:
-        page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
-        found += list(page)
-        token = page.token
-        if not token:
-            break
-    runs = _frame(found)
+    runs = _frame(tracking.all_runs(client, experiment.experiment_id))
     if "tags.kind" in runs:  # parent runs of sweeps and summary runs carry no training
         runs = runs[~runs["tags.kind"].isin(["summary", "sweep"])]
     if runs.empty:

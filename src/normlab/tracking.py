@@ -47,6 +47,17 @@ def experiment_id(client: MlflowClient, study: str) -> str:
     return experiment.experiment_id
 
 
+def all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    """Every run of the experiment: ``search_runs`` returns at most 1000 per page."""
+    found, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``: the resolved config as MLflow params."""
     flat: dict[str, str] = {}

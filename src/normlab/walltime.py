@@ -12,21 +12,12 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from normlab import tracking
 from normlab.fused_run import FUSED_WITH_TAG
 from normlab.run import PARENT_TAG
 
 COMPARED = ("val/acc", "val/acc_precise", "train/loss")
 APART = 0.005  # a test-accuracy difference beyond rounding's usual reach (tests/test_fused_run.py)
-
-
-def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
-    found, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        found += list(page)
-        token = page.token
-        if not token:
-            return found
 
 
 def sweeps(runs: list[Run]) -> pd.DataFrame:
@@ -86,7 +77,7 @@ def section(study: str, uri: str) -> list[str]:
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         return []
-    runs = _all_runs(client, experiment.experiment_id)
+    runs = tracking.all_runs(client, experiment.experiment_id)
     table = sweeps(runs)
     if table.empty or not (table["fused"] > 0).any():
         return []
