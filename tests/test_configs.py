@@ -18,7 +18,10 @@ from normlab.models import LeNet
 from normlab.norms import NORMS
 from normlab.run import build_net
 
-ALL_NORMS = "valid: batch_renorm, ghost, group, layer, mean_only, native, none, scratch, variance_only"
+ALL_NORMS = (
+    "valid: batch_renorm, evonorm_b0, evonorm_s0, frn, ghost, group, layer, mean_only, native, none, "
+    "scratch, switchable, variance_only"
+)
 
 EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
@@ -142,6 +145,12 @@ BAD_INPUTS = [
     ("norm=batch_renorm norm.r_max=0.5", "norm.r_max=0.5 is not allowed; it must be a number >= 1"),
     ("norm=batch_renorm norm.d_max=-1", "norm.d_max=-1 is not allowed; it must be a number >= 0"),
     ("norm=native norm.affine=maybe", "norm.affine='maybe' is not allowed; it must be true or false"),
+    ("norm=frn norm.learned_eps=1", "norm.learned_eps=1 is not allowed; it must be true or false"),
+    ("model.weight_standardization=yes", "model.weight_standardization='yes' is not allowed"),
+    (
+        "norm=evonorm_s0 model.norm_position=after_activation",
+        "norm=evonorm_s0 includes its activation (it replaces norm and sigmoid): model.norm_position must be",
+    ),
 ]
 
 # Rejected before any training or recording, by the command line: (arguments, its one line on stderr).

@@ -1,11 +1,12 @@
 """A short real run on a Fashion-MNIST subset into a temporary MLflow store, then a tiny sweep."""
 
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from normlab import cells, report
 from normlab.cells import canonical, refusal
@@ -66,6 +67,18 @@ def test_fingerprint_ignores_where_results_go_and_how_they_are_shown(compose_con
     b = compose_config(["seed=1", "tracking.uri=sqlite:///b.db", "label=typo fixed", "+reference.loss=0.3"])
     c = compose_config(["seed=2"])
     assert cells.fingerprint(a) == cells.fingerprint(b) != cells.fingerprint(c)
+
+
+def test_an_option_added_at_its_neutral_value_keeps_recorded_fingerprints(compose_config) -> None:
+    """Runs recorded before ``model.weight_standardization`` existed keep their fingerprint (a rerun
+    skips them); switched on, it is another cell, with -ws in its names."""
+    plain = compose_config(["norm=group"])
+    recorded_before = copy.deepcopy(plain)
+    with open_dict(recorded_before):
+        del recorded_before.model["weight_standardization"]
+    standardized = compose_config(["norm=group", "model.weight_standardization=true"])
+    assert cells.fingerprint(plain) == cells.fingerprint(recorded_before) != cells.fingerprint(standardized)
+    assert cells.run_name(standardized) == "group-ws-bs256-lr0.9-s0"
 
 
 def test_a_corrected_label_trains_nothing_again_and_shows_in_the_table(compose_config, store: str) -> None:

@@ -105,12 +105,18 @@ def test_registry_and_errors() -> None:
             "ghost",
             "mean_only",
             "variance_only",
+            "frn",
+            "evonorm_b0",
+            "evonorm_s0",
+            "switchable",
         )
     }
     assert isinstance(build_norm("none", 3, True), nn.Identity)
     assert isinstance(build_norm("native", 3, True), nn.BatchNorm2d)
     assert isinstance(build_norm("native", 3, False), nn.BatchNorm1d)
-    with pytest.raises(ValueError, match="known kinds: batch_renorm, ghost, group, layer, mean_only, native"):
+    with pytest.raises(
+        ValueError, match="known kinds: batch_renorm, evonorm_b0, evonorm_s0, frn, ghost, group, layer"
+    ):
         build_norm("bogus", 3, True)
     with pytest.raises(ValueError, match="expects 4-D input"):
         build_norm("scratch", 3, True)(torch.randn(2, 3))

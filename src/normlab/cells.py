@@ -70,19 +70,30 @@ def refusal(cfg: DictConfig) -> str | None:
     )
 
 
+# Options added after runs were recorded, at the value that computes what those runs computed:
+# left out of the fingerprint there, so adding an option retrains nothing.
+ADDED_AT_NEUTRAL = {("model", "weight_standardization"): False}
+
+
 def fingerprint(cfg: DictConfig) -> str:
-    """A short hash of what a run computes (the resolved config less ``NOT_FINGERPRINTED``)."""
+    """A short hash of what a run computes (the resolved config less ``NOT_FINGERPRINTED`` and
+    ``ADDED_AT_NEUTRAL`` options at their neutral value)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    for (section, option), neutral in ADDED_AT_NEUTRAL.items():
+        if section in resolved and resolved[section].get(option, neutral) == neutral:
+            resolved[section].pop(option, None)
     kept = {key: value for key, value in resolved.items() if key not in NOT_FINGERPRINTED}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_name(cfg: DictConfig) -> str:
-    """``<norm>[-vb<virtual batch>]-bs<batch>[-m<momentum>]-lr<lr>-s<seed>``: what tells cells apart
+    """``<norm>[-vb<virtual batch>][-ws]-bs<batch>[-m<momentum>]-lr<lr>-s<seed>``: what tells cells apart
     in the UI's run list (the model is a tag and part of the setup name). Norms without running
     statistics have no momentum, and their names none."""
     virtual = cfg.norm.get("virtual_batch_size")
     kind = cfg.norm.kind + (f"-vb{virtual}" if virtual is not None else "")
+    kind += "-ws" if cfg.model.get("weight_standardization") else ""
     momentum = f"-m{cfg.norm.momentum}" if "momentum" in cfg.norm else ""
     return f"{kind}-bs{cfg.data.batch_size}{momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
 

@@ -148,6 +148,9 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "norm.d_max": ("a number >= 0 (0: no correction of the shift)", lambda v: _number(v) and v >= 0),
     "norm.hold_steps": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
     "norm.warmup_steps": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "norm.learned_eps": ("true or false", lambda v: isinstance(v, bool)),
+    "norm.learned_eps_start": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "model.weight_standardization": ("true or false", lambda v: isinstance(v, bool)),
     "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
     "warmup_samples": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
@@ -169,12 +172,22 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not ok(value):
             raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
-    known = NORMS[cfg.norm.kind].options()
+    norm = NORMS[cfg.norm.kind]
+    if (
+        norm.includes_activation()
+        and cfg.model.get("norm_position", "before_activation") != "before_activation"
+    ):
+        raise ConfigError(
+            f"norm={cfg.norm.kind} includes its activation (it replaces norm and sigmoid): "
+            "model.norm_position must be before_activation"
+        )
+    known = norm.options()
     for option in cfg.norm:
         if option not in ("_target_", "kind", *known):
             options = ", ".join(known) or "none"
-            kind = cfg.norm.kind
-            raise ConfigError(f"norm.{option} is not an option of norm kind {kind!r}; its options: {options}")
+            raise ConfigError(
+                f"norm.{option} is not an option of norm kind {cfg.norm.kind!r}; its options: {options}"
+            )
 
 
 def effective_lr(cfg: DictConfig) -> float:

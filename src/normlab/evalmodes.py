@@ -23,8 +23,9 @@ Batches = Iterable[Batch]
 
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers that keep running statistics, found by torch's buffer names (``running_mean``,
-    ``running_var``), which every BN kind here registers (``NormKind.running_statistics``)."""
+    """The layers that keep running statistics, found by torch's buffer names (``running_var``, and
+    ``running_mean`` but for EvoNorm-B0), which every kind with ``NormKind.running_statistics``
+    registers."""
     return [m for m in model.modules() if isinstance(getattr(m, "running_var", None), torch.Tensor)]
 
 
@@ -88,7 +89,8 @@ def precise_bn(model: nn.Module, batches: Batches, num_samples: int) -> nn.Modul
     for hook in hooks:
         hook.remove()
     for layer, moment in moments.items():
-        layer.running_mean.copy_(moment.mean)
+        if isinstance(getattr(layer, "running_mean", None), torch.Tensor):  # EvoNorm-B0 keeps a variance only
+            layer.running_mean.copy_(moment.mean)
         layer.running_var.copy_(moment.variance())
     return precise.eval()
 

@@ -47,6 +47,7 @@ def fusable(cfg: DictConfig) -> bool:
         and not raises
         and plain_sgd
         and str(cfg.model.get("_target_")) == "normlab.models.LeNet"
+        and not cfg.model.get("weight_standardization", False)  # fused convs are plain (normlab.fused)
         and cells.refusal(cfg) is None
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from normlab.norms import NormFactory
+from normlab.weight_standardization import StandardizedConv2d
 
 POSITIONS = ("before_activation", "after_activation")
 NORM_IN = ("all", "conv", "fc", "none")
@@ -25,6 +26,10 @@ class LeNet(nn.Sequential):
     ``norm_in`` keeps it in ``"conv"`` or ``"fc"`` layers only (``"none"``: nowhere);
     ``bias_before_norm=False`` drops the bias of each conv/linear layer a norm follows (BN's shift
     makes it redundant: the batch mean absorbs it).
+
+    A normalization-activation layer (FRN + TLU, EvoNorm: ``includes_activation``) replaces norm
+    *and* sigmoid; an ``nn.Identity`` keeps the sigmoid's place. ``weight_standardization=True``
+    standardizes the conv layers' weights (``StandardizedConv2d``; Qiao et al. 2019).
     """
 
     def __init__(
@@ -37,6 +42,7 @@ class LeNet(nn.Sequential):
         norm_position: str = "before_activation",
         norm_in: str = "all",
         bias_before_norm: bool = True,
+        weight_standardization: bool = False,
     ) -> None:
         if norm_position not in POSITIONS:
             raise ValueError(f"model.norm_position={norm_position!r}; valid: {', '.join(POSITIONS)}")
@@ -46,19 +52,27 @@ class LeNet(nn.Sequential):
         def block(
             affine: type[nn.Conv2d | nn.Linear], inputs: int, outputs: int, **kw: int
         ) -> list[nn.Module]:
-            spatial = affine is nn.Conv2d
+            spatial = issubclass(affine, nn.Conv2d)
             wanted = norm_in == "all" or norm_in == ("conv" if spatial else "fc")
             normalize = norm(outputs, spatial) if wanted else nn.Identity()
             bias = bias_before_norm or isinstance(normalize, nn.Identity)
+            if getattr(normalize, "includes_activation", False):
+                if norm_position != "before_activation":
+                    raise ValueError(
+                        f"{type(normalize).__name__} includes its activation: no sigmoid to follow"
+                    )
+                return [affine(inputs, outputs, bias=bias, **kw), normalize, nn.Identity()]
             layers = [affine(inputs, outputs, bias=bias, **kw), normalize, nn.Sigmoid()]
             return layers if norm_position == "before_activation" else [layers[0], layers[2], layers[1]]
+
+        conv = StandardizedConv2d if weight_standardization else nn.Conv2d
 
         side = _conv_out(image_size, 5, conv1_padding) // 2
         side = _conv_out(side, 5, 0) // 2
         super().__init__(
-            *block(nn.Conv2d, in_channels, 6, kernel_size=5, padding=conv1_padding),
+            *block(conv, in_channels, 6, kernel_size=5, padding=conv1_padding),
             nn.AvgPool2d(kernel_size=2, stride=2),
-            *block(nn.Conv2d, 6, 16, kernel_size=5),
+            *block(conv, 6, 16, kernel_size=5),
             nn.AvgPool2d(kernel_size=2, stride=2),
             nn.Flatten(),
             *block(nn.Linear, 16 * side * side, 120),

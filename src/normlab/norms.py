@@ -19,6 +19,9 @@ from torch import nn
 
 from normlab.batch_norm import BatchNorm
 from normlab.batch_variants import BatchRenorm, GhostBatchNorm
+from normlab.evonorm import EvoNormB0, EvoNormS0
+from normlab.frn import FilterResponseNorm
+from normlab.switchable import SwitchableNorm
 
 NormFactory = Callable[[int, bool], nn.Module]
 
@@ -54,6 +57,13 @@ def _layer(num_features: int, spatial: bool, eps: float = 1e-5) -> nn.Module:
     return nn.GroupNorm(1, num_features, eps=eps)
 
 
+def _evonorm_s0(num_features: int, spatial: bool, eps: float = 1e-5, num_groups: int = 4) -> nn.Module:
+    """EvoNorm-S0 with at most ``num_groups`` groups, as ``group`` takes them (6 channels: 3)."""
+    if num_groups < 1:
+        raise ValueError(f"evonorm_s0 needs num_groups >= 1; got {num_groups}")
+    return EvoNormS0(num_features, spatial, groups_for(num_features, num_groups), eps)
+
+
 def _scratch(
     num_features: int, spatial: bool, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True
 ) -> nn.Module:
@@ -83,6 +93,10 @@ class NormKind:
     running_statistics: bool  # keeps moving averages for evaluation: has a momentum, PreciseBN applies
     virtual_batches: bool = False  # may take its statistics over chunks of the batch
 
+    def includes_activation(self) -> bool:
+        """A normalization-activation layer (FRN + TLU, EvoNorm): the model drops its activation."""
+        return bool(getattr(self.build(6, True), "includes_activation", False))
+
     def options(self) -> list[str]:
         """The keyword options of its constructor (after the channel count and ``spatial``)."""
         return list(inspect.signature(self.build).parameters)[2:]
@@ -99,6 +113,10 @@ NORMS: dict[str, NormKind] = {
     "ghost": NormKind(GhostBatchNorm, "BN", True, True, virtual_batches=True),
     "mean_only": NormKind(_mean_only, "mean_only", True, True),
     "variance_only": NormKind(_variance_only, "variance_only", True, True),
+    "frn": NormKind(FilterResponseNorm, "FRN", False, False),
+    "evonorm_b0": NormKind(EvoNormB0, "EvoNorm-B0", True, True, virtual_batches=True),
+    "evonorm_s0": NormKind(_evonorm_s0, "EvoNorm-S0", False, False),
+    "switchable": NormKind(SwitchableNorm, "switchable", True, True, virtual_batches=True),
 }
 
 
