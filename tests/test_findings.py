@@ -271,6 +271,29 @@ def test_f6_separates_grids_and_statistics_batches() -> None:
     assert "group [gn]" in finding.evidence and finding.verdict == "reproduced"
 
 
+def test_f8_answers_for_every_norm_each_on_its_own_convergence() -> None:
+    """The statistics-batch question for each norm trained: flat, falls, or not measurable when a
+    cell of its own curve did not converge (the others still answer)."""
+    summary = _by_batch({"scratch": FALLING, "frn": FLAT, "evonorm_b0": FLAT, "switchable": FALLING})
+    summary.loc[(summary["norm"] == "evonorm_b0") & (summary["batch_size"] == 4), "converged"] = False
+    finding = findings.which_stay_within_a_point(summary)
+    assert finding.name == "F8"
+    assert finding.verdict.startswith(
+        "stay within a point: FRN; fall: BN, switchable; not measurable: EvoNorm-B0"
+    )
+    assert (
+        "FRN: best 0.806 at batch 8" in finding.evidence
+        and "switchable: best 0.810 at batch 16" in finding.evidence
+    )
+    # F6 keeps to its claim's norms
+    f6 = findings.small_batches_within_a_point(
+        _by_batch({"group": FLAT, "layer": FLAT, "scratch": FALLING, "frn": FALLING})
+    )
+    assert f6.verdict == "reproduced" and "FRN" not in f6.evidence
+    no_batch_2 = _by_batch({"frn": {8: 0.80, 16: 0.80}, "scratch": {8: 0.80, 16: 0.80}})
+    assert findings.which_stay_within_a_point(no_batch_2) is None
+
+
 def _f7_summary() -> pd.DataFrame:
     return _summary(
         [

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from normlab.convergence import AT_CHANCE
-from normlab.norms import NORMS, WHOLE_BATCH_BN, kinds
+from normlab.norms import NORMS, WHOLE_BATCH_BN
 from normlab.stats_tests import (
     ALPHA,
     Contrast,
@@ -254,7 +254,7 @@ def bn_allows_higher_lr(summary: pd.DataFrame) -> Finding | None:
     return Finding("F5", claim, evidence, verdict)
 
 
-NO_BATCH_STATISTICS = kinds(batch_statistics=False)  # F6's flat controls (its "none" cells are left out)
+GN_FLAT = ("group", "layer")  # F6: the GN paper's claim is about these two (and BN)
 
 
 def family(norm: str) -> str:
@@ -270,16 +270,6 @@ def by_grid(summary: pd.DataFrame) -> pd.DataFrame:
     return table.explode("grid")
 
 
-def _flatness(rows: list[dict]) -> tuple[list[tuple[dict, Contrast]], dict]:
-    """Against the family's best cell, each other cell's drop: a one-sided t test that it falls
-    more than one point below the best (Welch), before correction."""
-    best = max(rows, key=lambda row: row["val/acc mean"])
-    drops = [
-        (row, contrast([_term(best), _term(row, sign=-1)], margin=MARGIN)) for row in rows if row is not best
-    ]
-    return drops, best
-
-
 def _where(row: dict) -> str:
     statistics = row.get("statistics_batch", row["batch_size"])
     if statistics != row["batch_size"]:
@@ -287,11 +277,34 @@ def _where(row: dict) -> str:
     return f"batch {row['batch_size']:g}"
 
 
-def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
-    """F6 (the GN paper): group and layer norm stay within one point of their best accuracy down
-    to a statistics batch of 2; BN does not. Judged over each norm's whole curve (statistics batch
-    >= 2) within each grid of the study: a norm is flat only if no cell falls more than 1 point
-    below its best beyond noise (one-sided Welch t, Holm over all of the finding's comparisons)."""
+@dataclass(frozen=True)
+class Curve:
+    """One norm family's accuracy over the statistics batch within one grid: its best cell and each
+    other cell's drop from it (one-sided Welch t that it falls more than one point; Holm p)."""
+
+    grid: str
+    family: str
+    rows: list[dict]
+    best: dict
+    drops: list[tuple[dict, Contrast, float]]
+
+    @property
+    def falls(self) -> list[dict]:
+        return [row for row, _, p in self.drops if p < ALPHA]
+
+    def describe(self) -> str:
+        worst_row, worst, worst_p = max(self.drops, key=lambda drop: drop[1].estimate)
+        where = f" [{self.grid}]" if self.grid else ""
+        return (
+            f"{self.family}{where}: best {self.best['val/acc mean']:.3f} at {_where(self.best)}, "
+            f"largest fall {worst.estimate:+.3f} at {_where(worst_row)} ({_p(worst_p)}) → "
+            + ("flat" if not self.falls else f"falls at {', '.join(_where(r) for r in self.falls)}")
+        )
+
+
+def statistics_batch_curves(summary: pd.DataFrame, families: Iterable[str] | None = None) -> list[Curve]:
+    """Every (grid, family) curve over statistics batches >= 2 with at least two cells (of
+    ``families`` if given; "none" never), Holm-corrected over all their drops together."""
     table = by_grid(summary)
     if "statistics_batch" not in table:
         table["statistics_batch"] = table["batch_size"]
@@ -299,37 +312,76 @@ def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
         subset=["val/acc mean"]
     )
     table = table[table["n"] > 0]
-    families = {
-        key: rows.to_dict("records") for key, rows in table.groupby(["grid", "family"]) if len(rows) >= 2
-    }
-    have = {family for _, family in families}
-    if not have & set(NO_BATCH_STATISTICS) or "BN" not in have or 2 not in set(table["statistics_batch"]):
+    if families is not None:
+        table = table[table["family"].isin(list(families))]
+    curves = []
+    for (grid, name), group in table.groupby(["grid", "family"]):
+        rows = group.to_dict("records")
+        if len(rows) < 2:
+            continue
+        best = max(rows, key=lambda row: row["val/acc mean"])
+        tested = [
+            (row, contrast([_term(best), _term(row, sign=-1)], margin=MARGIN))
+            for row in rows
+            if row is not best
+        ]
+        curves.append(Curve(str(grid), str(name), rows, best, [(row, c, math.nan) for row, c in tested]))
+    adjusted = iter(holm([c.p for curve in curves for _, c, _ in curve.drops]))
+    return [
+        Curve(c.grid, c.family, c.rows, c.best, [(row, t, next(adjusted)) for row, t, _ in c.drops])
+        for c in curves
+    ]
+
+
+def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
+    """F6 (the GN paper): group and layer norm stay within one point of their best accuracy down
+    to a statistics batch of 2; BN does not. Judged over each norm's whole curve (statistics batch
+    >= 2) within each grid of the study: a norm is flat only if no cell falls more than 1 point
+    below its best beyond noise (one-sided Welch t, Holm over all of the finding's comparisons)."""
+    curves = statistics_batch_curves(summary, (*GN_FLAT, "BN"))
+    have = {curve.family for curve in curves}
+    stats = {row["statistics_batch"] for curve in curves for row in curve.rows}
+    if not have & set(GN_FLAT) or "BN" not in have or 2 not in stats:
         return None
     claim = "group and layer norm stay within 1 point of their best accuracy down to batch 2; BN does not"
-    tests = {key: _flatness(rows) for key, rows in families.items()}
-    flat_p = holm([c.p for drops, _ in tests.values() for _, c in drops])
-    cursor, parts, flat = 0, [], {}
-    for (grid, family), (drops, best) in tests.items():
-        adjusted = flat_p[cursor : cursor + len(drops)]
-        cursor += len(drops)
-        falls = [(row, c, p) for (row, c), p in zip(drops, adjusted, strict=True) if p < ALPHA]
-        flat[(grid, family)] = not falls
-        worst_row, worst = max(drops, key=lambda pair: pair[1].estimate)
-        worst_p = adjusted[drops.index((worst_row, worst))]
-        text = (
-            f"{family}{f' [{grid}]' if grid else ''}: best {best['val/acc mean']:.3f} at {_where(best)}, "
-            f"largest fall {worst.estimate:+.3f} at {_where(worst_row)} ({_p(worst_p)}) → "
-            + ("flat" if not falls else f"falls at {', '.join(_where(r) for r, _, _ in falls)}")
-        )
-        parts.append(text)
-    evidence = "; ".join(parts)
-    stuck = unconverged(row for rows in families.values() for row in rows)
+    evidence = "; ".join(curve.describe() for curve in curves)
+    stuck = unconverged(row for curve in curves for row in curve.rows)
     if stuck:
         return _not_converged("F6", claim, evidence, stuck)
-    expected = all(ok for (_, family), ok in flat.items() if family in NO_BATCH_STATISTICS) and not any(
-        ok for (_, family), ok in flat.items() if family == "BN"
+    expected = all(not c.falls for c in curves if c.family in GN_FLAT) and all(
+        c.falls for c in curves if c.family == "BN"
     )
     return Finding("F6", claim, evidence, "reproduced" if expected else "not reproduced")
+
+
+def which_stay_within_a_point(summary: pd.DataFrame) -> Finding | None:
+    """F8, the statistics-batch study's question for every norm it trains: which stay within one
+    point of their best accuracy down to a statistics batch of 2 (F6's test, per grid, Holm over
+    all curves). A curve with an unconverged cell is "not measurable" on its own; the others
+    still answer."""
+    curves = statistics_batch_curves(summary)
+    stats = {row["statistics_batch"] for curve in curves for row in curve.rows}
+    if not curves or 2 not in stats:
+        return None
+    claim = "Which norms stay within 1 point of their best accuracy down to statistics batch 2?"
+    flat, falls, unmeasured = [], [], []
+    for curve in curves:
+        label = curve.family + (f" [{curve.grid}]" if curve.grid else "")
+        stuck = unconverged(curve.rows)
+        if stuck:
+            unmeasured.append(
+                f"{label} (not converged: {', '.join(stuck[:3])}{' ...' if len(stuck) > 3 else ''})"
+            )
+        elif curve.falls:
+            falls.append(label)
+        else:
+            flat.append(label)
+    verdict = "; ".join(
+        f"{what}: {', '.join(names)}"
+        for what, names in (("stay within a point", flat), ("fall", falls), ("not measurable", unmeasured))
+        if names
+    )
+    return Finding("F8", claim, "; ".join(curve.describe() for curve in curves), verdict)
 
 
 def _difference(row: dict, base: dict, metric: str) -> tuple[Contrast, str]:
@@ -407,6 +459,7 @@ def evaluate(
         precise_bn_narrows_spread(summary),
         bn_allows_higher_lr(summary),
         small_batches_within_a_point(summary),
+        which_stay_within_a_point(summary),
         against_baseline(summary, question, baseline),
     ]
     return [finding for finding in checks if finding is not None]
