@@ -24,6 +24,12 @@ def virtual_batches(x: torch.Tensor, size: int | None) -> list[torch.Tensor]:
     return [x[:whole].reshape(-1, size, *x.shape[1:]), *tail]
 
 
+def check_virtual_batch_size(kind: str, size: int | None) -> None:
+    """A virtual batch holds at least one sample; None takes the statistics over the whole batch."""
+    if size is not None and size < 1:
+        raise ValueError(f"{kind} needs virtual_batch_size >= 1 or null; got {size}")
+
+
 @torch.no_grad()
 def track_virtual_batches(layer: BatchNorm, stats: list[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
     """One moving-average step towards the average over virtual batches of their means and
@@ -66,8 +72,7 @@ class BatchRenorm(BatchNorm):
         warmup_steps: int = 0,
         virtual_batch_size: int | None = None,
     ) -> None:
-        if virtual_batch_size is not None and virtual_batch_size < 1:
-            raise ValueError(f"batch_renorm needs virtual_batch_size >= 1 or null; got {virtual_batch_size}")
+        check_virtual_batch_size("batch_renorm", virtual_batch_size)
         if r_max < 1 or d_max < 0 or hold_steps < 0 or warmup_steps < 0:
             raise ValueError(
                 f"batch_renorm needs r_max >= 1, d_max >= 0, hold_steps >= 0 and warmup_steps >= 0; "

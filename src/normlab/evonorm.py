@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from normlab.batch_norm import batch_statistics
-from normlab.batch_variants import virtual_batches
+from normlab.batch_variants import check_virtual_batch_size, virtual_batches
 
 
 def _as_maps(x: torch.Tensor, spatial: bool) -> torch.Tensor:
@@ -43,8 +43,7 @@ class EvoNormB0(nn.Module):
         eps: float = 1e-5,
         virtual_batch_size: int | None = None,
     ) -> None:
-        if virtual_batch_size is not None and virtual_batch_size < 1:
-            raise ValueError(f"evonorm_b0 needs virtual_batch_size >= 1 or null; got {virtual_batch_size}")
+        check_virtual_batch_size("evonorm_b0", virtual_batch_size)
         super().__init__()
         self.num_features, self.spatial = num_features, spatial
         self.momentum, self.eps, self.virtual_batch_size = momentum, eps, virtual_batch_size

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from normlab.batch_norm import BatchNorm, batch_statistics
-from normlab.batch_variants import track_virtual_batches, virtual_batches
+from normlab.batch_variants import check_virtual_batch_size, track_virtual_batches, virtual_batches
 
 
 class SwitchableNorm(BatchNorm):
@@ -35,8 +35,7 @@ class SwitchableNorm(BatchNorm):
         eps: float = 1e-5,
         virtual_batch_size: int | None = None,
     ) -> None:
-        if virtual_batch_size is not None and virtual_batch_size < 1:
-            raise ValueError(f"switchable needs virtual_batch_size >= 1 or null; got {virtual_batch_size}")
+        check_virtual_batch_size("switchable", virtual_batch_size)
         super().__init__(num_features, spatial, momentum, eps)
         self.virtual_batch_size = virtual_batch_size
         statistics = 3 if spatial else 2  # (IN,) LN, BN
