@@ -36,8 +36,8 @@ TABLE_IDENTITY = ("setup", "seed")
 def canonical(cfg: DictConfig) -> DictConfig:
     """The cell as it trains. Ghost BN whose virtual batch holds the whole SGD batch (or is null:
     the batch) *is* BN (the scratch layer, number for number), so it is named, fingerprinted and
-    trained as ``scratch`` (once: a sweep listing both skips the second); batch renorm's virtual
-    batch likewise drops."""
+    trained as ``scratch`` (once: a sweep listing both skips the second); the virtual batch of the
+    other kinds that take one (batch renorm, EvoNorm-B0, switchable) likewise drops."""
     norm = cfg.norm
     virtual = norm.get("virtual_batch_size")
     if virtual is not None and virtual < cfg.data.batch_size:
