@@ -28,7 +28,8 @@ def fused_group(job_dir: Path, group_file: str, tags: dict[str, str]) -> float:
     the job folder; the mean test accuracy of the cells that have one."""
     cfgs, overrides = [], []
     for entry in OmegaConf.load(group_file).cells:
-        cell_cfg = entry.config
+        # Its own root: interpolations such as ${data.batch_size} resolve within the cell's config.
+        cell_cfg = OmegaConf.create(OmegaConf.to_container(entry.config))
         OmegaConf.set_struct(cell_cfg, True)  # as Hydra hands a task its config
         cell_cfg.tracking.uri = config.tracking_uri(cell_cfg.tracking.uri)
         cfgs.append(cell_cfg)
