@@ -294,6 +294,21 @@ def test_f8_answers_for_every_norm_each_on_its_own_convergence() -> None:
     assert findings.which_stay_within_a_point(no_batch_2) is None
 
 
+def test_a_diverged_cell_is_a_fall_not_a_missing_point() -> None:
+    """EvoNorm-B0 whose every seed diverged at statistics batch 2 has no mean there; dropping the
+    cell would leave a flat curve from 4 up. It falls at 2; a cell with one diverged seed of five
+    falls too, whatever its other seeds' mean."""
+    summary = _by_batch({"scratch": FALLING, "evonorm_b0": FLAT}).assign(diverged=0, failed=0)
+    at_2 = (summary["norm"] == "evonorm_b0") & (summary["batch_size"] == 2)
+    summary.loc[at_2, ["n", "val/acc mean", "diverged", "failed"]] = [0, float("nan"), 5, 5]
+    finding = findings.which_stay_within_a_point(summary)
+    assert "fall: BN, EvoNorm-B0" in finding.verdict
+    assert "diverged in 5 of 5 seeds at batch 2 → falls at batch 2" in finding.evidence
+    summary.loc[at_2, ["n", "val/acc mean", "diverged", "failed"]] = [4, 0.80, 1, 1]
+    assert "diverged in 1 of 5 seeds at batch 2" in findings.which_stay_within_a_point(summary).evidence
+    assert "EvoNorm-B0" in findings.which_stay_within_a_point(summary).verdict.split("fall: ")[1]
+
+
 def _f7_summary() -> pd.DataFrame:
     return _summary(
         [

@@ -277,10 +277,16 @@ def _where(row: dict) -> str:
     return f"batch {row['batch_size']:g}"
 
 
+def _diverged(row: dict) -> int:
+    return int(row.get("diverged", 0) or 0)
+
+
 @dataclass(frozen=True)
 class Curve:
     """One norm family's accuracy over the statistics batch within one grid: its best cell and each
-    other cell's drop from it (one-sided Welch t that it falls more than one point; Holm p)."""
+    other cell's drop from it (one-sided Welch t that it falls more than one point; Holm p). A
+    cell where a seed diverged falls, whatever its surviving seeds' mean: that seed did not stay
+    within a point."""
 
     grid: str
     family: str
@@ -290,39 +296,47 @@ class Curve:
 
     @property
     def falls(self) -> list[dict]:
-        return [row for row, _, p in self.drops if p < ALPHA]
+        beyond_noise = [row for row, _, p in self.drops if p < ALPHA]
+        return beyond_noise + [row for row in self.rows if _diverged(row) and row not in beyond_noise]
 
     def describe(self) -> str:
-        worst_row, worst, worst_p = max(self.drops, key=lambda drop: drop[1].estimate)
         where = f" [{self.grid}]" if self.grid else ""
-        return (
-            f"{self.family}{where}: best {self.best['val/acc mean']:.3f} at {_where(self.best)}, "
-            f"largest fall {worst.estimate:+.3f} at {_where(worst_row)} ({_p(worst_p)}) → "
-            + ("flat" if not self.falls else f"falls at {', '.join(_where(r) for r in self.falls)}")
-        )
+        text = f"{self.family}{where}: best {self.best['val/acc mean']:.3f} at {_where(self.best)}"
+        if self.drops:
+            worst_row, worst, worst_p = max(self.drops, key=lambda drop: drop[1].estimate)
+            text += f", largest fall {worst.estimate:+.3f} at {_where(worst_row)} ({_p(worst_p)})"
+        for row in self.rows:
+            if _diverged(row):
+                seeds = int(row["n"]) + int(row.get("failed", 0) or 0)
+                text += (
+                    f", diverged in {_diverged(row)} of {max(seeds, _diverged(row))} seeds at {_where(row)}"
+                )
+        falls = self.falls
+        return text + " → " + ("flat" if not falls else f"falls at {', '.join(_where(r) for r in falls)}")
 
 
 def statistics_batch_curves(summary: pd.DataFrame, families: Iterable[str] | None = None) -> list[Curve]:
     """Every (grid, family) curve over statistics batches >= 2 with at least two cells (of
-    ``families`` if given; "none" never), Holm-corrected over all their drops together."""
+    ``families`` if given; "none" never), Holm-corrected over all their drops together. Cells
+    whose every seed diverged have no mean; they stay in their curve as falls."""
     table = by_grid(summary)
     if "statistics_batch" not in table:
         table["statistics_batch"] = table["batch_size"]
-    table = table[(table["statistics_batch"] >= 2) & (table["norm"] != "none")].dropna(
-        subset=["val/acc mean"]
-    )
-    table = table[table["n"] > 0]
+    table = table[(table["statistics_batch"] >= 2) & (table["norm"] != "none")]
+    diverged = table["diverged"].fillna(0) > 0 if "diverged" in table else False
+    table = table[((table["n"] > 0) & table["val/acc mean"].notna()) | diverged]
     if families is not None:
         table = table[table["family"].isin(list(families))]
     curves = []
     for (grid, name), group in table.groupby(["grid", "family"]):
         rows = group.to_dict("records")
-        if len(rows) < 2:
+        measured = [row for row in rows if row["n"] > 0 and not math.isnan(row["val/acc mean"])]
+        if len(rows) < 2 or not measured:
             continue
-        best = max(rows, key=lambda row: row["val/acc mean"])
+        best = max(measured, key=lambda row: row["val/acc mean"])
         tested = [
             (row, contrast([_term(best), _term(row, sign=-1)], margin=MARGIN))
-            for row in rows
+            for row in measured
             if row is not best
         ]
         curves.append(Curve(str(grid), str(name), rows, best, [(row, c, math.nan) for row, c in tested]))
