@@ -282,43 +282,65 @@ def _diverged(row: dict) -> int:
 
 
 @dataclass(frozen=True)
+class Drop:
+    """A cell's drop from its curve's best: the fall test (more than one point below, beyond noise;
+    Holm-adjusted over all curves' drops) and the equivalence test (less than one point below,
+    beyond noise; raw: a curve's flatness combines them)."""
+
+    row: dict
+    fall: Contrast
+    p_fall: float
+    p_within: float
+
+
+@dataclass(frozen=True)
 class Curve:
-    """One norm family's accuracy over the statistics batch within one grid: its best cell and each
-    other cell's drop from it (one-sided Welch t that it falls more than one point; Holm p). A
-    cell where a seed diverged falls, whatever its surviving seeds' mean: that seed did not stay
-    within a point."""
+    """One norm family's accuracy over the statistics batch within one grid. It *falls* where a
+    cell is more than one point below the best beyond noise, or where a seed diverged (that seed
+    did not stay within a point, whatever the others' mean); it is *flat* only where every cell is
+    shown within a point of the best (one-sided t, H1: drop < 1 point, for every cell: an
+    intersection-union test, whose p is the largest of its cells', Holm-adjusted over the curves as
+    ``p_flat``); else it is undecided: the seeds cannot tell a fall from noise."""
 
     grid: str
     family: str
     rows: list[dict]
     best: dict
-    drops: list[tuple[dict, Contrast, float]]
+    drops: list[Drop]
+    p_flat: float = math.nan
 
     @property
     def falls(self) -> list[dict]:
-        beyond_noise = [row for row, _, p in self.drops if p < ALPHA]
+        beyond_noise = [d.row for d in self.drops if d.p_fall < ALPHA]
         return beyond_noise + [row for row in self.rows if _diverged(row) and row not in beyond_noise]
+
+    @property
+    def state(self) -> str:
+        if self.falls:
+            return "falls"
+        return "flat" if self.p_flat < ALPHA else "undecided"
 
     def describe(self) -> str:
         where = f" [{self.grid}]" if self.grid else ""
         text = f"{self.family}{where}: best {self.best['val/acc mean']:.3f} at {_where(self.best)}"
         if self.drops:
-            worst_row, worst, worst_p = max(self.drops, key=lambda drop: drop[1].estimate)
-            text += f", largest fall {worst.estimate:+.3f} at {_where(worst_row)} ({_p(worst_p)})"
+            worst = max(self.drops, key=lambda drop: drop.fall.estimate)
+            text += f", largest fall {worst.fall.estimate:+.3f} at {_where(worst.row)} ({_p(worst.p_fall)})"
         for row in self.rows:
             if _diverged(row):
-                seeds = int(row["n"]) + int(row.get("failed", 0) or 0)
-                text += (
-                    f", diverged in {_diverged(row)} of {max(seeds, _diverged(row))} seeds at {_where(row)}"
-                )
-        falls = self.falls
-        return text + " → " + ("flat" if not falls else f"falls at {', '.join(_where(r) for r in falls)}")
+                seeds = max(int(row["n"]) + int(row.get("failed", 0) or 0), _diverged(row))
+                text += f", diverged in {_diverged(row)} of {seeds} seeds at {_where(row)}"
+        if self.state == "falls":
+            return text + f" → falls at {', '.join(_where(r) for r in self.falls)}"
+        if self.state == "flat":
+            return text + f" → flat (every cell within a point of the best: {_p(self.p_flat)})"
+        return text + f" → undecided (within a point not shown: {_p(self.p_flat)})"
 
 
 def statistics_batch_curves(summary: pd.DataFrame, families: Iterable[str] | None = None) -> list[Curve]:
     """Every (grid, family) curve over statistics batches >= 2 with at least two cells (of
-    ``families`` if given; "none" never), Holm-corrected over all their drops together. Cells
-    whose every seed diverged have no mean; they stay in their curve as falls."""
+    ``families`` if given; "none" never), both tests Holm-corrected over all the curves' drops.
+    Cells whose every seed diverged have no mean; they stay in their curve as falls."""
     table = by_grid(summary)
     if "statistics_batch" not in table:
         table["statistics_batch"] = table["batch_size"]
@@ -327,23 +349,29 @@ def statistics_batch_curves(summary: pd.DataFrame, families: Iterable[str] | Non
     table = table[((table["n"] > 0) & table["val/acc mean"].notna()) | diverged]
     if families is not None:
         table = table[table["family"].isin(list(families))]
-    curves = []
+    found = []
     for (grid, name), group in table.groupby(["grid", "family"]):
         rows = group.to_dict("records")
         measured = [row for row in rows if row["n"] > 0 and not math.isnan(row["val/acc mean"])]
         if len(rows) < 2 or not measured:
             continue
         best = max(measured, key=lambda row: row["val/acc mean"])
-        tested = [
-            (row, contrast([_term(best), _term(row, sign=-1)], margin=MARGIN))
-            for row in measured
-            if row is not best
-        ]
-        curves.append(Curve(str(grid), str(name), rows, best, [(row, c, math.nan) for row, c in tested]))
-    adjusted = iter(holm([c.p for curve in curves for _, c, _ in curve.drops]))
+        others = [row for row in measured if row is not best]
+        falls = [contrast([_term(best), _term(row, sign=-1)], margin=MARGIN) for row in others]
+        within = [contrast([_term(row), _term(best, sign=-1)], margin=-MARGIN) for row in others]
+        found.append((str(grid), str(name), rows, best, list(zip(others, falls, within, strict=True))))
+    p_fall = iter(holm([fall.p for *_, tests in found for _, fall, _ in tests]))
+    p_flat = iter(holm([max((within.p for *_, within in tests), default=0.0) for *_, tests in found]))
     return [
-        Curve(c.grid, c.family, c.rows, c.best, [(row, t, next(adjusted)) for row, t, _ in c.drops])
-        for c in curves
+        Curve(
+            grid,
+            name,
+            rows,
+            best,
+            [Drop(row, fall, next(p_fall), within.p) for row, fall, within in tests],
+            next(p_flat),
+        )
+        for grid, name, rows, best, tests in found
     ]
 
 
@@ -362,8 +390,13 @@ def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
     stuck = unconverged(row for curve in curves for row in curve.rows)
     if stuck:
         return _not_converged("F6", claim, evidence, stuck)
-    expected = all(not c.falls for c in curves if c.family in GN_FLAT) and all(
-        c.falls for c in curves if c.family == "BN"
+    undecided = [f"{c.family} [{c.grid}]" if c.grid else c.family for c in curves if c.state == "undecided"]
+    if undecided:
+        return Finding(
+            "F6", claim, evidence, f"not measurable: too few seeds to decide {', '.join(undecided)}"
+        )
+    expected = all(c.state == "flat" for c in curves if c.family in GN_FLAT) and all(
+        c.state == "falls" for c in curves if c.family == "BN"
     )
     return Finding("F6", claim, evidence, "reproduced" if expected else "not reproduced")
 
@@ -371,30 +404,30 @@ def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
 def which_stay_within_a_point(summary: pd.DataFrame) -> Finding | None:
     """F8, the statistics-batch study's question for every norm it trains: which stay within one
     point of their best accuracy down to a statistics batch of 2 (F6's test, per grid, Holm over
-    all curves). A curve with an unconverged cell is "not measurable" on its own; the others
-    still answer."""
+    all curves): flat, falls, or undecided when the seeds cannot tell a fall from noise. A curve
+    with an unconverged cell is "not measurable" on its own (unless a seed diverged: that is
+    final); the others still answer."""
     curves = statistics_batch_curves(summary)
     stats = {row["statistics_batch"] for curve in curves for row in curve.rows}
     if not curves or 2 not in stats:
         return None
     claim = "Which norms stay within 1 point of their best accuracy down to statistics batch 2?"
-    flat, falls, unmeasured = [], [], []
+    answers: dict[str, list[str]] = {"flat": [], "falls": [], "undecided": [], "unconverged": []}
     for curve in curves:
         label = curve.family + (f" [{curve.grid}]" if curve.grid else "")
         stuck = unconverged(curve.rows)
-        if stuck:
-            unmeasured.append(
-                f"{label} (not converged: {', '.join(stuck[:3])}{' ...' if len(stuck) > 3 else ''})"
-            )
-        elif curve.falls:
-            falls.append(label)
+        if stuck and not any(_diverged(row) for row in curve.rows):  # a diverged seed is final
+            shown = ", ".join(stuck[:3]) + (" ..." if len(stuck) > 3 else "")
+            answers["unconverged"].append(f"{label} (not converged: {shown})")
         else:
-            flat.append(label)
-    verdict = "; ".join(
-        f"{what}: {', '.join(names)}"
-        for what, names in (("stay within a point", flat), ("fall", falls), ("not measurable", unmeasured))
-        if names
-    )
+            answers[curve.state].append(label)
+    headings = {
+        "flat": "stay within a point",
+        "falls": "fall",
+        "undecided": "undecided (too few seeds)",
+        "unconverged": "not measurable",
+    }
+    verdict = "; ".join(f"{headings[key]}: {', '.join(names)}" for key, names in answers.items() if names)
     return Finding("F8", claim, "; ".join(curve.describe() for curve in curves), verdict)
 
 
