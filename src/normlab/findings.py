@@ -378,8 +378,8 @@ def statistics_batch_curves(summary: pd.DataFrame, families: Iterable[str] | Non
 def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
     """F6 (the GN paper): group and layer norm stay within one point of their best accuracy down
     to a statistics batch of 2; BN does not. Judged over each norm's whole curve (statistics batch
-    >= 2) within each grid of the study: a norm is flat only if no cell falls more than 1 point
-    below its best beyond noise (one-sided Welch t, Holm over all of the finding's comparisons)."""
+    >= 2) within each grid of the study (``Curve``: falls, flat only where shown within a point,
+    else undecided; Holm over the finding's comparisons). Undecided curves make it not measurable."""
     curves = statistics_batch_curves(summary, (*GN_FLAT, "BN"))
     have = {curve.family for curve in curves}
     stats = {row["statistics_batch"] for curve in curves for row in curve.rows}
