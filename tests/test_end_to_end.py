@@ -184,6 +184,10 @@ EXPERIMENTS = sorted(path.stem for path in EXPERIMENTS_DIR.glob("*.yaml"))
 # without the bias before BN, less gamma and beta (2 x 226) with them fixed, less the conv layers'
 # gamma and beta (2 x 22) with BN in the FC layers only.
 PARAMETERS = {"bias": 44_878 - 226, "frozen_affine": 44_878 - 2 * 226, "where": 44_878 - 2 * 22}
+# Parameters a norm kind adds to BN's gamma and beta over LeNet's 226 normalized channels (6+16+120+84):
+# FRN a tau per channel and a learned eps in each of the 2 FC layers; EvoNorm a v per channel;
+# switchable a mean and a variance mix per layer (3 weights each in the 2 conv layers, 2 in the 2 FC).
+EXTRA_PARAMETERS = {"frn": 226 + 2, "evonorm_b0": 226, "evonorm_s0": 226, "switchable": 2 * 3 * 2 + 2 * 2 * 2}
 
 
 def test_the_middle_cells_are_the_interesting_ones() -> None:
@@ -216,4 +220,5 @@ def test_each_study_runs_one_cell(experiment: str, compose_config, store: str) -
     assert [p.step for p in client.get_metric_history(run.info.run_id, "val/acc")] == [1]
     has_bn = NORMS[cfg.norm.kind].running_statistics and cfg.model.norm_in != "none"
     assert ({"val/acc_precise", "val/acc_batchstats"} <= set(final)) == has_bn
-    assert run.data.tags["parameters"] == str(PARAMETERS.get(study, 44_878))
+    expected = PARAMETERS.get(study, 44_878) + EXTRA_PARAMETERS.get(cfg.norm.kind, 0)
+    assert run.data.tags["parameters"] == str(expected)
