@@ -67,6 +67,12 @@ class NormalizeBatch(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None
 
 
+def step_momentum(momentum: float | None, batches_tracked: torch.Tensor) -> float:
+    """This step's weight of the new batch in a moving average (torch's rule): ``momentum``, or
+    1 / batches tracked (this one included) for a cumulative average (``momentum=None``)."""
+    return 1.0 / float(batches_tracked) if momentum is None else momentum
+
+
 def batch_statistics(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance over ``dims`` (kept, for broadcasting), differentiable by autograd."""
     mean = x.mean(dim=dims, keepdim=True)
@@ -171,7 +177,7 @@ class BatchNorm(nn.Module):
     @torch.no_grad()
     def track_unbiased(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
         self.num_batches_tracked += 1
-        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        m = step_momentum(self.momentum, self.num_batches_tracked)
         self.running_mean.lerp_(mean.detach(), m)
         self.running_var.lerp_(unbiased_var.detach(), m)
 

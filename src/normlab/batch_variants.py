@@ -30,14 +30,23 @@ def check_virtual_batch_size(kind: str, size: int | None) -> None:
         raise ValueError(f"{kind} needs virtual_batch_size >= 1 or null; got {size}")
 
 
+VirtualStats = list[
+    tuple[torch.Tensor, torch.Tensor, int]
+]  # (mean, biased variance, values per statistic) per view
+
+
 @torch.no_grad()
-def track_virtual_batches(layer: BatchNorm, stats: list[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
-    """One moving-average step towards the average over virtual batches of their means and
-    unbiased variances; ``stats`` holds (mean, biased variance, values per statistic) per view."""
-    channels = layer.num_features
+def virtual_batch_averages(stats: VirtualStats, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The average over virtual batches of their means and of their unbiased variances."""
     means = torch.cat([mean.reshape(-1, channels) for mean, _, _ in stats])
     unbiased = torch.cat([var.reshape(-1, channels) * (n / max(n - 1, 1)) for _, var, n in stats])
-    layer.track_unbiased(means.mean(0), unbiased.mean(0))
+    return means.mean(0), unbiased.mean(0)
+
+
+@torch.no_grad()
+def track_virtual_batches(layer: BatchNorm, stats: VirtualStats) -> None:
+    """One moving-average step towards the virtual batches' average statistics."""
+    layer.track_unbiased(*virtual_batch_averages(stats, layer.num_features))
 
 
 class BatchRenorm(BatchNorm):

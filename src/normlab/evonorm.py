@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normlab.batch_norm import batch_statistics
-from normlab.batch_variants import check_virtual_batch_size, virtual_batches
+from normlab.batch_norm import batch_statistics, step_momentum
+from normlab.batch_variants import check_virtual_batch_size, virtual_batch_averages, virtual_batches
 
 
 def _as_maps(x: torch.Tensor, spatial: bool) -> torch.Tensor:
@@ -57,16 +57,15 @@ class EvoNormB0(nn.Module):
         """sqrt(var_B + eps) broadcast against ``x``; in training, also one moving-average step."""
         if not self.training:
             return torch.sqrt(self.running_var.view(1, -1, 1, 1) + self.eps)
-        stds, unbiased = [], []
+        stds, stats = [], []
         for part in virtual_batches(x, self.virtual_batch_size):  # (groups, batch, C, H, W), at most two
-            _, var = batch_statistics(part, (1, 3, 4))
+            mean, var = batch_statistics(part, (1, 3, 4))
             stds.append(torch.sqrt(var + self.eps).expand_as(part).reshape(-1, *x.shape[1:]))
-            n = part[0].numel() // self.num_features
-            unbiased.append(var.detach().reshape(-1, self.num_features) * (n / max(n - 1, 1)))
+            stats.append((mean.detach(), var.detach(), part[0].numel() // self.num_features))
+        _, unbiased = virtual_batch_averages(stats, self.num_features)
         with torch.no_grad():
             self.num_batches_tracked += 1
-            m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            self.running_var.lerp_(torch.cat(unbiased).mean(0), m)
+            self.running_var.lerp_(unbiased, step_momentum(self.momentum, self.num_batches_tracked))
         return torch.cat(stds) if len(stds) > 1 else stds[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
