@@ -183,6 +183,7 @@ def _train(members: list[Member], cfg: DictConfig) -> dict[int, Result]:
     ]
     module = FusedClassifier(
         FusedLeNet([m.net for m in members]),
+        [m.net for m in members],
         lrs=[config.effective_lr(m.cell.cfg) for m in members],
         warmup_steps=-(-cfg.warmup_samples // batch_size),
         cosine_steps=total * len(sgd[0]) if cfg.lr_schedule == "cosine" else 0,
