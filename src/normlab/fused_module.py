@@ -109,11 +109,12 @@ class FusedClassifier(EpochSums):
         return losses
 
     def training_step(self, steps: tuple[Batch, ...], batch_idx: int) -> None:
-        mask = torch.tensor(self.alive, device=self.device)
+        mask = None if all(self.alive) else torch.tensor(self.alive, device=self.device)
         for images, labels in steps:
             losses = self._record(self.model(images), labels, "train")
             self.sgd.zero_grad()
-            losses[mask].sum().backward()  # each cell's gradient is its own; a masked one gets none
+            live = losses if mask is None else losses[mask]
+            live.sum().backward()  # each cell's gradient is its own; a masked one gets none
             self.sgd.step(lr_factor(self.steps, self.warmup_steps, self.cosine_steps))
             self.steps += 1
 
