@@ -49,8 +49,10 @@ from normlab.run import build_net, fit
 NORMS = ("none", "scratch", "native")
 FUSED_KINDS = ("none", "scratch", "native", "group", "layer")  # x FUSED_SEEDS = the 15 fused cells
 FUSED_SEEDS = 3
-# Images per epoch of the fused measurement at each batch size: ~1 s per epoch for a cell alone.
-FUSED_SUBSETS = {2: 1024, 8: 3072, 256: 16384}
+# Images per epoch of the fused measurement at each batch size: 1-2 s per epoch for a cell alone
+# (batch 2, the shortest steps, gets two: one noisy second moves its ratio most). Batch 32 shows
+# where ``fuse=auto`` stops fusing on CPU (fusion.AUTO_MAX_BATCH).
+FUSED_SUBSETS = {2: 2048, 8: 3072, 32: 8192, 256: 16384}
 AUTO_LINE_BATCHES = (2, 8, 256)  # the last line's
 # Images per epoch at each batch size: at least ~100 steps, about a second per epoch on 2 cores.
 SUBSETS = {256: 12288, 8: 2048}

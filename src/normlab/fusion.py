@@ -20,10 +20,11 @@ from normlab import cells
 FUSABLE = ("none", "scratch", "native", "group", "layer", "ghost")
 # What may differ within a group; everything else of the canonical config must be equal.
 PER_CELL = (*cells.NOT_FINGERPRINTED, "seed", "norm")
-# fuse=auto: the largest batch size at which fusing pays, per device. CPU (2 cores, 15 LeNets of the
-# batch_size study's norms, make bench): 4-6x at batch 2, ~2x at 8, about even at 32, 0.5x at 256.
-# GPU: a LeNet step leaves an H200 idle at any of these batch sizes (HFTA: fusion pays throughout).
-AUTO_MAX_BATCH = {"cpu": 16, "cuda": 4096}
+# fuse=auto: the largest batch size at which fusing pays, per device. CPU (2 cores, 15 LeNets of 5 norm
+# kinds, make bench, experiments/bench/RESULTS-cpu.md): ~4x at batch 2, ~2x at 8, ~1.3x at 32 (where
+# fusing also saves each cell's start-up), 0.5x at 256: grouped convolutions are slow on CPU at large
+# batches. GPU: a LeNet step leaves an H200 idle at any of these batch sizes (HFTA: fusion pays throughout).
+AUTO_MAX_BATCH = {"cpu": 32, "cuda": 4096}
 MAX_CELLS = 16  # per fused group: larger groups gain little more per cell, and parallel slots stay busy
 
 
