@@ -21,7 +21,8 @@ APART = 0.005  # a test-accuracy difference beyond rounding's usual reach (tests
 
 
 def sweeps(runs: list[Run]) -> pd.DataFrame:
-    """One row per FINISHED sweep that trained cells: when, how long, how many cells, how many fused."""
+    """One row per FINISHED sweep that trained cells, oldest first: when, how long, how many cells,
+    how many fused."""
     cells = [r for r in runs if r.data.tags.get("kind") == "cell"]
     rows = []
     for run in runs:
@@ -33,13 +34,14 @@ def sweeps(runs: list[Run]) -> pd.DataFrame:
             continue
         rows.append({
             "sweep": info.run_name,
+            "start": info.start_time,
             "minutes": (info.end_time - info.start_time) / 60000,
             "cells": len(trained),
             "fused": sum(FUSED_WITH_TAG in c.data.tags for c in trained),
             "commit": ", ".join(sorted({c.data.tags.get("git_commit", "?")[:10] for c in trained})),
             "machine": "; ".join(sorted({c.data.tags.get("machine", "?") for c in trained})),
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values("start") if rows else pd.DataFrame(rows)
 
 
 def agreement(runs: list[Run]) -> tuple[pd.DataFrame, list[str]]:
@@ -92,7 +94,7 @@ def section(study: str, uri: str) -> list[str]:
         "| sweep | wall time | cells | fused | commit | machine |",
         "|---|---:|---:|---:|---|---|",
     ]
-    for _, row in pd.concat([alone.tail(1), fused.tail(1)]).iterrows():
+    for _, row in pd.concat([alone.tail(1), fused.tail(1)]).iterrows():  # the latest of each
         lines.append(
             f"| {row['sweep']} | {row['minutes']:.1f} min | {row['cells']} | {row['fused']} "
             f"| {row['commit']} | {row['machine']} |"
