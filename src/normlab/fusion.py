@@ -2,7 +2,7 @@
 
 Cells fuse when they differ only in seed, lr and norm: same model, data, batch size, epochs,
 schedule and evaluation (``group_key``), a norm kind whose fused training is tested equal to
-training alone (``FUSABLE``, tests/test_fused.py) and plain SGD (``fused.sgd_step``). ``auto``
+training alone (``FUSABLE``, tests/test_fused.py) and plain SGD (``fused.FusedSGD``). ``auto``
 fuses only at batch sizes where ``make bench`` measured a gain on the device at hand.
 """
 
@@ -21,7 +21,7 @@ FUSABLE = ("none", "scratch", "native", "group", "layer", "ghost")
 # What may differ within a group; everything else of the canonical config must be equal.
 PER_CELL = (*cells.NOT_FINGERPRINTED, "seed", "norm")
 # fuse=auto: the largest batch size at which fusing pays, per device. CPU (2 cores, 15 LeNets of 5 norm
-# kinds, make bench, experiments/bench/RESULTS-cpu.md): ~4x at batch 2, ~2x at 8, ~1.3x at 32 (where
+# kinds, make bench, experiments/bench/RESULTS-cpu.md): 3.5x at batch 2, 2.2x at 8, 1.4x at 32 (where
 # fusing also saves each cell's start-up), 0.5x at 256: grouped convolutions are slow on CPU at large
 # batches. GPU: a LeNet step leaves an H200 idle at any of these batch sizes (HFTA: fusion pays throughout).
 AUTO_MAX_BATCH = {"cpu": 32, "cuda": 4096}

@@ -71,7 +71,7 @@ def quiet_libraries() -> None:
     # Both concern Lightning internals we do not use (per-step logging, its pytree helper).
     warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # A fused group steps its own SGD (normlab.fused.sgd_step): Lightning need not optimize.
+    # A fused group steps its own SGD (normlab.fused.FusedSGD): Lightning need not optimize.
     warnings.filterwarnings("ignore", message=".*configure_optimizers.*returned `None`.*")
 
 
