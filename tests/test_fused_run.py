@@ -110,7 +110,8 @@ def test_fuse_auto_groups_small_batches_by_everything_but_seed_lr_and_norm() -> 
 def test_a_sweep_runs_each_fused_group_as_one_job(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # An interpolation in a cell's config (as norm_batch's GN protocol has) resolves within the cell.
-    arguments = [*SMALL, "study=fused_sweep", "norm=none,scratch", "seed=0,1", "data.batch_size=8,32",
+    alone = 2 * fusion.AUTO_MAX_BATCH["cpu"]  # a batch size fuse=auto trains alone on CPU
+    arguments = [*SMALL, "study=fused_sweep", "norm=none,scratch", "seed=0,1", f"data.batch_size=8,{alone}",
                  "eval.precise_samples=${data.batch_size}", "hydra.launcher.cpu_jobs=2",
                  f"checkpoint_dir={tmp_path / 'checkpoints'}"]  # fmt: skip
     sweep = run_sweep(arguments, store, tmp_path)
