@@ -17,6 +17,7 @@ def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(bench, "FUSED_KINDS", ("none", "scratch"))  # 2 kinds x 1 seed: the path, quickly
     monkeypatch.setattr(bench, "FUSED_SEEDS", 1)
     monkeypatch.setattr(bench, "AUTO_LINE_BATCHES", (2, 256))
+    monkeypatch.setattr(bench, "ONE_KIND_SEEDS", 2)
     lines: list[str] = []
     results = bench.run(epochs=2, repeats=1, sweep=False, say=lines.append)
     for batch in (256, 8):
@@ -28,10 +29,13 @@ def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> Non
     assert re.fullmatch(
         r"fused speed-up: bs2=\d+\.\d\d bs256=1\.00", bench.final_line(results)
     )  # auto: 256 alone
-    assert any(line.startswith("load average (1 min)") for line in lines)
+    assert any(line.startswith(("other work while the bench ran", "load average (1 min)")) for line in lines)
     assert any("scratch BN time per step" in line for line in lines)
     assert results["ghost_vs_native"] > 0 and any("ghost BN (virtual batch 2)" in line for line in lines)
-    assert results["fused_bs2"] > 0 and results["fused_bs256"] > 0
+    assert results["fused_bs2"] > 0 and results["fused_bs256"] > 0 and results["fused_bs2_one_kind"] > 0
+    assert any(
+        re.search(r"2 cells of one kind \(native x 2 seeds\) fused: \d+\.\d\d", line) for line in lines
+    )
     assert any(
         re.search(r"fused: \d+\.\d\d \[.*\] x the samples/s .* fuse=auto fuses here", line) for line in lines
     )

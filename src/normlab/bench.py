@@ -11,10 +11,13 @@ Measured (samples/s of training passes; the first epoch is warm-up and not count
 - sweep throughput: the same small sweep with 1 and with N parallel jobs (pool launcher);
 - fused training (``normlab.fused_run``): 15 cells (none, scratch, native, group, layer BN-LeNets,
   3 seeds each: the batch_size study's kinds) trained as one fused group vs each alone, through
-  the platform (``fit_group`` vs ``fit``), samples/s per cell of their second epoch.
+  the platform (``fit_group`` vs ``fit``), samples/s per cell of their second epoch; and at batch
+  2, 15 cells of one kind (torch's BN, 15 seeds), what a seed or lr sweep of one kind fuses at:
+  each norm kind in a group adds its own calls per norm layer.
 
 Every ratio is the median of ``--repeats`` (default 5) interleaved repeats, printed with its
-min-max spread; the load average before and after says whether the machine was quiet.
+min-max spread; the share of the cores' time that other work took meanwhile (``normlab.cpu_share``;
+the load average where there is no ``/proc/stat``) says whether the machine was quiet.
 The second-to-last line is ``speed ratio vs reference: bs256=<x> bs8=<y>`` (BN-LeNet, native BN),
 the last ``fused speed-up: bs2=<x> bs8=<y> bs256=<z>`` with ``fuse=auto`` (a batch size it trains
 alone has speed-up 1 by construction; the measured fused ratio is printed above it).
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
-from normlab import config, data, fusion, tracking
+from normlab import config, cpu_share, data, fusion, tracking
 from normlab.config import compose as compose_config
 from normlab.config import effective_lr
 from normlab.fused_run import fit_group
@@ -49,6 +52,8 @@ from normlab.run import build_net, fit
 NORMS = ("none", "scratch", "native")
 FUSED_KINDS = ("none", "scratch", "native", "group", "layer")  # x FUSED_SEEDS = the 15 fused cells
 FUSED_SEEDS = 3
+# A group of one kind (a seed or lr sweep), at the batch where fusion pays most.
+ONE_KIND, ONE_KIND_SEEDS, ONE_KIND_BATCH = "native", 15, 2
 # Images per epoch of the fused measurement at each batch size: 1-2 s per epoch for a cell alone
 # (batch 2, the shortest steps, gets two: one noisy second moves its ratio most). Batch 32 shows
 # where ``fuse=auto`` stops fusing on CPU (fusion.AUTO_MAX_BATCH).
@@ -173,7 +178,7 @@ def spread(ratios: list[float]) -> str:
 
 def load_note(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
     """The 1-minute load average around the bench, and whether other work competed with it (the
-    bench itself keeps at most its torch threads busy)."""
+    bench itself keeps at most its torch threads busy): the gauge where ``cpu_share`` has none."""
     cores = os.cpu_count() or 1
     busy = max(before[0], after[0]) > cores + 0.5 or before[0] > 0.5 * cores
     verdict = (
@@ -192,29 +197,27 @@ def _fused_cfg(batch_size: int, kind: str, seed: int, workdir: str, store: str) 
     ])  # fmt: skip
 
 
-def fused_ratio(batch_size: int, workdir: str, store: str) -> float:
-    """How much faster 15 cells train as one fused group than one after another alone: their
-    summed samples/s (each cell's samples/s fused, times 15) over the summed samples/s alone (each
-    kind alone once: its 3 seeds cost the same); second epochs (the first warms up)."""
+def fused_ratio(
+    batch_size: int, workdir: str, store: str, kinds: tuple[str, ...] = FUSED_KINDS, seeds: int = FUSED_SEEDS
+) -> float:
+    """How much faster ``kinds`` x ``seeds`` cells train as one fused group than one after another
+    alone: their summed samples/s (each cell's samples/s fused, times the cells) over the summed
+    samples/s alone (each kind alone once: its seeds cost the same); second epochs (the first warms up)."""
     with redirect_stderr(io.StringIO()):
-        cfgs = [
-            _fused_cfg(batch_size, kind, seed, workdir, store)
-            for kind in FUSED_KINDS
-            for seed in range(FUSED_SEEDS)
-        ]
+        cfgs = [_fused_cfg(batch_size, kind, seed, workdir, store) for kind in kinds for seed in range(seeds)]
         group = fit_group(cfgs, [[] for _ in cfgs])
         assert group[0].outcome is not None
         seconds_fused = 1 / group[0].outcome.metrics["perf/samples_per_s"]  # per sample of every cell
-        seconds_alone = FUSED_SEEDS * sum(  # per sample of every cell, one cell after another
+        seconds_alone = seeds * sum(  # per sample of every cell, one cell after another
             1 / fit(_fused_cfg(batch_size, kind, 0, workdir, store), []).metrics["perf/samples_per_s"]
-            for kind in FUSED_KINDS
+            for kind in kinds
         )
     return seconds_alone / seconds_fused
 
 
 def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = print) -> dict[str, float]:
     results: dict[str, float] = {}
-    before = os.getloadavg()
+    before, cpu_before = os.getloadavg(), cpu_share.sample()
     with tempfile.TemporaryDirectory(prefix="normlab-bench-") as workdir:
         store = f"sqlite:///{workdir}/mlflow.db"
         say(f"bench: {torch.get_num_threads()} torch threads, {os.cpu_count()} cores, "
@@ -251,9 +254,11 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
         results["ghost_vs_native"] = statistics.median(ghost)
         say(f"bs128  ghost BN (virtual batch 2) time per step = {spread(ghost)} x native")
         fused: dict[int, list[float]] = {batch_size: [] for batch_size in FUSED_SUBSETS}
+        one_kind: list[float] = []
         for _ in range(repeats):  # each repeat over every batch size: load drifts hit all alike
             for batch_size in FUSED_SUBSETS:
                 fused[batch_size].append(fused_ratio(batch_size, workdir, store))
+            one_kind.append(fused_ratio(ONE_KIND_BATCH, workdir, store, (ONE_KIND,), ONE_KIND_SEEDS))
         for batch_size, ratios in fused.items():
             results[f"fused_bs{batch_size}"] = statistics.median(ratios)
             auto = fusion.wanted(_fused_cfg(batch_size, "none", 0, workdir, store))
@@ -263,6 +268,9 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
             cells = f"{kinds * FUSED_SEEDS} cells ({kinds} norm kinds x {FUSED_SEEDS} seeds)"
             say(f"bs{batch_size:<4} {cells} fused: {spread(ratios)} x the "
                 f"samples/s of training them one after another; fuse=auto {verdict} here")  # fmt: skip
+        results[f"fused_bs{ONE_KIND_BATCH}_one_kind"] = statistics.median(one_kind)
+        say(f"bs{ONE_KIND_BATCH:<4} {ONE_KIND_SEEDS} cells of one kind ({ONE_KIND} x {ONE_KIND_SEEDS} seeds) "
+            f"fused: {spread(one_kind)} x the samples/s of training them one after another")  # fmt: skip
         if sweep:
             jobs = max(2, min(4, os.cpu_count() or 1))
             ratios = []
@@ -271,7 +279,13 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
                 ratios.append(one / many)
             results.update(sweep_speedup=statistics.median(ratios), sweep_jobs=jobs)
             say(f"sweep of 4 cells: {jobs} jobs vs 1 job, speed-up {spread(ratios)}x")
-    say(load_note(before, os.getloadavg()))
+    cpu_after = cpu_share.sample()
+    if cpu_before is None or cpu_after is None:
+        say(load_note(before, os.getloadavg()))
+    else:
+        others = cpu_share.share(cpu_before, cpu_after)
+        results["others_share"] = others.others
+        say(cpu_share.note(others))
     return results
 
 
