@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from normlab.data import IndexBatches, Split
-from normlab.evalmodes import accuracy, bn_layers, precise_bn
+from normlab.evalmodes import accuracy, bn_layers, evaluate, precise_bn
 from normlab.norms import build_norm
 
 
@@ -88,3 +88,21 @@ def test_moving_statistics_accuracy_by_hand() -> None:
     x_hat = (test.images - layer.running_mean) / torch.sqrt(layer.running_var + 1e-5)
     expected = (net[1](x_hat).argmax(1) == test.labels).double().mean().item()
     assert accuracy(net, IndexBatches(test, 7, shuffle=False)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kind", ["scratch", "native"])
+def test_the_precise_copy_is_tested_per_sample_at_any_batch_size(kind: str) -> None:
+    """``evaluate``'s eval-mode accuracy of the PreciseBN copy over batches of 50 equals the one over
+    the training batches of 2, while batch statistics do depend on the batch (the data tell apart)."""
+    net = _net(kind)
+    train, test = _data(100, seed=4), _data(200, seed=5)
+    by_twos = IndexBatches(test, 2, shuffle=False)
+    small = evaluate(net, IndexBatches(train, 2, shuffle=False), by_twos, 40)
+    large = evaluate(
+        net, IndexBatches(train, 2, shuffle=False), by_twos, 40, IndexBatches(test, 50, shuffle=False)
+    )
+    assert large == small
+    assert (
+        accuracy(net, IndexBatches(test, 50, shuffle=False), batch_statistics=True)
+        != small["val/acc_batchstats"]
+    )

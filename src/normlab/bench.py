@@ -189,6 +189,14 @@ def load_note(before: tuple[float, float, float], after: tuple[float, float, flo
     return f"load average (1 min) {before[0]:.2f} before, {after[0]:.2f} after, {cores} cores: {verdict}"
 
 
+def _cfg(norm: str, batch_size: int, subset: int, epochs: int, workdir: str, store: str) -> DictConfig:
+    return compose_config([
+        "study=bench", f"norm={norm}", f"data.batch_size={batch_size}", f"data.train_subset={subset}",
+        f"trainer.max_epochs={epochs}", "eval.precise_samples=640", f"tracking.uri={store}", "force=true",
+        f"checkpoint_dir={workdir}/checkpoints",
+    ])  # fmt: skip
+
+
 def _fused_cfg(batch_size: int, kind: str, seed: int, workdir: str, store: str) -> DictConfig:
     return compose_config([
         "study=bench-fused", f"norm={kind}", f"seed={seed}", f"data.batch_size={batch_size}",
@@ -224,29 +232,30 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
             f"cuda={torch.cuda.is_available()}; {epochs} epochs per run, ratios: median [min-max] "
             f"of {repeats} interleaved repeats")  # fmt: skip
         for batch_size, subset in SUBSETS.items():
-            rates: dict[str, list[float]] = {}
-            for norm in NORMS:
-                cfg = compose_config([
-                    "study=bench", f"norm={norm}", f"data.batch_size={batch_size}",
-                    f"data.train_subset={subset}", f"trainer.max_epochs={epochs}",
-                    "eval.precise_samples=640", f"tracking.uri={store}", "force=true",
-                    f"checkpoint_dir={workdir}/checkpoints",
-                ])  # fmt: skip
-                reference, platform, logging_share = [], [], []
-                for _ in range(repeats):  # alternate, so drifts in machine load hit both sides
-                    reference.append(steady(reference_rates(cfg, epochs)))
+            cfgs = {norm: _cfg(norm, batch_size, subset, epochs, workdir, store) for norm in NORMS}
+            reference: dict[str, list[float]] = {norm: [] for norm in NORMS}
+            rates: dict[str, list[float]] = {norm: [] for norm in NORMS}  # the platform's
+            logging_share: dict[str, list[float]] = {norm: [] for norm in NORMS}
+            # Every norm in every repeat, each platform run right after its reference run: a drift in
+            # the machine's speed (minutes long on a shared VM) hits both sides of each ratio alike,
+            # scratch vs native BN too (measured norm after norm, that ratio differed by 27% between
+            # two quiet runs).
+            for _ in range(repeats):
+                for norm, cfg in cfgs.items():
+                    reference[norm].append(steady(reference_rates(cfg, epochs)))
                     platform_epochs, share = platform_rates(cfg)
-                    platform.append(steady(platform_epochs))
-                    logging_share.append(share)
-                ratios = [ours / theirs for ours, theirs in zip(platform, reference, strict=True)]
-                rates[norm] = platform
+                    rates[norm].append(steady(platform_epochs))
+                    logging_share[norm].append(share)
+            for norm in NORMS:
+                platform = rates[norm]
+                ratios = [ours / theirs for ours, theirs in zip(platform, reference[norm], strict=True)]
                 results[f"bs{batch_size}/{norm}/platform"] = statistics.median(platform)
-                results[f"bs{batch_size}/{norm}/reference"] = statistics.median(reference)
+                results[f"bs{batch_size}/{norm}/reference"] = statistics.median(reference[norm])
                 results[f"bs{batch_size}/{norm}/ratio"] = statistics.median(ratios)
-                results[f"bs{batch_size}/{norm}/logging"] = max(logging_share)
+                results[f"bs{batch_size}/{norm}/logging"] = max(logging_share[norm])
                 say(f"bs{batch_size:<4} {norm:<8} platform {statistics.median(platform):9.0f}/s  "
-                    f"reference {statistics.median(reference):9.0f}/s  ratio {spread(ratios)}  "
-                    f"logging {100 * max(logging_share):.2f}% of fit time")  # fmt: skip
+                    f"reference {statistics.median(reference[norm]):9.0f}/s  ratio {spread(ratios)}  "
+                    f"logging {100 * max(logging_share[norm]):.2f}% of fit time")  # fmt: skip
             step_ratios = [n / s for n, s in zip(rates["native"], rates["scratch"], strict=True)]
             results[f"bs{batch_size}/scratch_vs_native"] = statistics.median(step_ratios)
             say(f"bs{batch_size:<4} scratch BN time per step = {spread(step_ratios)} x native")

@@ -111,12 +111,23 @@ def accuracy(model: nn.Module, batches: Batches, batch_statistics: bool = False)
 
 
 def evaluate(
-    net: nn.Module, train_batches: Batches, test_batches: Batches, precise_samples: int
+    net: nn.Module,
+    train_batches: Batches,
+    test_batches: Batches,
+    precise_samples: int,
+    eval_batches: Batches | None = None,
 ) -> dict[str, float]:
-    """``val/acc_precise`` and ``val/acc_batchstats`` of a trained network with BN."""
+    """``val/acc_precise`` and ``val/acc_batchstats`` of a trained network with BN.
+
+    ``train_batches`` and ``test_batches`` are as large as the training batches (the statistics of
+    PreciseBN's inputs and of batch-statistics evaluation depend on them); ``eval_batches``, the
+    test set in batches of any size (default ``test_batches``), serves the PreciseBN copy's
+    eval-mode accuracy, which is per sample: at training batch 1 the 10k test images then take 10
+    forward passes instead of 10k (a BN-LeNet's evaluation, 1 thread: 18.7 -> 15.7 s at batch 1,
+    10.1 -> 8.6 s at batch 2)."""
     precise = precise_bn(net, train_batches, precise_samples)
     return {
-        "val/acc_precise": accuracy(precise, test_batches),
+        "val/acc_precise": accuracy(precise, test_batches if eval_batches is None else eval_batches),
         "val/acc_batchstats": accuracy(net, test_batches, batch_statistics=True),
     }
 
@@ -124,16 +135,25 @@ def evaluate(
 class EvalModes(pl.Callback):
     """After training, logs ``val/acc_precise`` and ``val/acc_batchstats`` for networks with BN."""
 
-    def __init__(self, train_batches: Batches, test_batches: Batches, precise_samples: int) -> None:
+    def __init__(
+        self,
+        train_batches: Batches,
+        test_batches: Batches,
+        precise_samples: int,
+        eval_batches: Batches | None = None,
+    ) -> None:
         self.train_batches = train_batches
         self.test_batches = test_batches
         self.precise_samples = precise_samples
+        self.eval_batches = eval_batches
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.net  # the plain nn.Module: copying it does not copy the trainer
         if not bn_layers(net) or trainer.current_epoch == 0:
             return
-        metrics = evaluate(net, self.train_batches, self.test_batches, self.precise_samples)
+        metrics = evaluate(
+            net, self.train_batches, self.test_batches, self.precise_samples, self.eval_batches
+        )
         for logger in trainer.loggers:  # Lightning's convention: the 0-based epoch they belong to
             logger.log_metrics({**metrics, "epoch": trainer.current_epoch - 1})
         trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})

@@ -256,7 +256,8 @@ def _train(members: list[Member], cfg: DictConfig) -> dict[int, Result]:
                 stream=data.PRECISE_BN_SAMPLE,
             )
             test_batches = IndexBatches(test_split, batch_size, shuffle=False)
-            evaluated = evaluate(net, precise_sample, test_batches, cfg.eval.precise_samples)
+            eval_batches = IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False)
+            evaluated = evaluate(net, precise_sample, test_batches, cfg.eval.precise_samples, eval_batches)
             _log(member.cell.client, member.run_id, evaluated, total)
             final.update(evaluated)
         tracking.end_run(member.cell.client, member.run_id, "FINISHED")

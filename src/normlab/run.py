@@ -221,15 +221,17 @@ def build(cell: Cell, trainer: pl.Trainer, net: torch.nn.Module, run_id: str) ->
         cosine_steps=cfg.trainer.max_epochs * steps_per_epoch if cfg.lr_schedule == "cosine" else 0,
     )
     trainer.callbacks += [EpochProgress(cell.name), resume.EpochCheckpoint(cell.checkpoint), SafeInterrupt()]
+    val_batches = IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False)
     if NORMS[cfg.norm.kind].running_statistics:
         # Batches as large as the training ones, for the evaluations that use batch statistics.
         precise_sample = IndexBatches(
             train_split, batch_size, shuffle=True, seed=cfg.seed, stream=data.PRECISE_BN_SAMPLE
         )
         test_batches = IndexBatches(test_split, batch_size, shuffle=False)
-        trainer.callbacks.append(EvalModes(precise_sample, test_batches, cfg.eval.precise_samples))
+        trainer.callbacks.append(
+            EvalModes(precise_sample, test_batches, cfg.eval.precise_samples, val_batches)
+        )
     per_call = max(1, cfg.data.samples_per_call // batch_size)
-    val_batches = IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False)
     return Training(trainer, module, SGDCalls(sgd_batches, per_call), val_batches)
 
 
