@@ -189,20 +189,24 @@ def load_note(before: tuple[float, float, float], after: tuple[float, float, flo
     return f"load average (1 min) {before[0]:.2f} before, {after[0]:.2f} after, {cores} cores: {verdict}"
 
 
-def _cfg(norm: str, batch_size: int, subset: int, epochs: int, workdir: str, store: str) -> DictConfig:
+def _cfg(
+    study: str, norm: str, batch_size: int, subset: int, epochs: int, workdir: str, store: str, *more: str
+) -> DictConfig:
+    """A bench cell, trained even where an equal run exists, into the bench's temporary store;
+    ``more``: further overrides."""
     return compose_config([
-        "study=bench", f"norm={norm}", f"data.batch_size={batch_size}", f"data.train_subset={subset}",
-        f"trainer.max_epochs={epochs}", "eval.precise_samples=640", f"tracking.uri={store}", "force=true",
-        f"checkpoint_dir={workdir}/checkpoints",
+        f"study={study}", f"norm={norm}", f"data.batch_size={batch_size}", f"data.train_subset={subset}",
+        f"trainer.max_epochs={epochs}", f"tracking.uri={store}", "force=true",
+        f"checkpoint_dir={workdir}/checkpoints", *more,
     ])  # fmt: skip
 
 
 def _fused_cfg(batch_size: int, kind: str, seed: int, workdir: str, store: str) -> DictConfig:
-    return compose_config([
-        "study=bench-fused", f"norm={kind}", f"seed={seed}", f"data.batch_size={batch_size}",
-        f"data.train_subset={FUSED_SUBSETS[batch_size]}", "trainer.max_epochs=2", "eval.precise_samples=64",
-        f"tracking.uri={store}", "force=true", f"checkpoint_dir={workdir}/checkpoints",
-    ])  # fmt: skip
+    """A cell of the fused measurement: 2 epochs (one measured) of ``FUSED_SUBSETS[batch_size]`` images."""
+    subset = FUSED_SUBSETS[batch_size]
+    return _cfg(
+        "bench-fused", kind, batch_size, subset, 2, workdir, store, f"seed={seed}", "eval.precise_samples=64"
+    )
 
 
 def fused_ratio(
@@ -232,7 +236,12 @@ def run(epochs: int, repeats: int, sweep: bool, say: Callable[[str], None] = pri
             f"cuda={torch.cuda.is_available()}; {epochs} epochs per run, ratios: median [min-max] "
             f"of {repeats} interleaved repeats")  # fmt: skip
         for batch_size, subset in SUBSETS.items():
-            cfgs = {norm: _cfg(norm, batch_size, subset, epochs, workdir, store) for norm in NORMS}
+            cfgs = {
+                norm: _cfg(
+                    "bench", norm, batch_size, subset, epochs, workdir, store, "eval.precise_samples=640"
+                )
+                for norm in NORMS
+            }
             reference: dict[str, list[float]] = {norm: [] for norm in NORMS}
             rates: dict[str, list[float]] = {norm: [] for norm in NORMS}  # the platform's
             logging_share: dict[str, list[float]] = {norm: [] for norm in NORMS}
