@@ -21,9 +21,10 @@ FUSABLE = ("none", "scratch", "native", "group", "layer", "ghost")
 # What may differ within a group; everything else of the canonical config must be equal.
 PER_CELL = (*cells.NOT_FINGERPRINTED, "seed", "norm")
 # fuse=auto: the largest batch size at which fusing pays, per device. CPU (2 cores, 15 LeNets of 5 norm
-# kinds, make bench, experiments/bench/RESULTS-cpu.md): 3.5x at batch 2, 2.2x at 8, 1.4x at 32 (where
-# fusing also saves each cell's start-up), 0.5x at 256: grouped convolutions are slow on CPU at large
-# batches. GPU: a LeNet step leaves an H200 idle at any of these batch sizes (HFTA: fusion pays throughout).
+# kinds, make bench, experiments/bench/RESULTS-cpu.md; three runs): 3.0-3.9x at batch 2, 2.5-2.6x at 8,
+# 1.4-1.5x at 32 (where fusing also saves each cell's start-up), 0.6x at 256: grouped convolutions
+# are slow on CPU at large batches. GPU: a LeNet step leaves an H200 idle at any of these batch
+# sizes (HFTA: fusion pays throughout).
 AUTO_MAX_BATCH = {"cpu": 32, "cuda": 4096}
 MAX_CELLS = 16  # per fused group: larger groups gain little more per cell, and parallel slots stay busy
 
