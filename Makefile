@@ -47,7 +47,7 @@ rerun: venv ## train a recorded run again (RUN_ID=<id> from the UI) and compare 
 test: venv data browser lint ## ruff, then the test suite (~14 minutes on 2 cores)
 	$(PY) -m pytest -q
 
-bench: venv data ## speed ratios (median of 5 repeats): platform vs a plain loop, scratch vs native BN, logging, 1 vs N jobs, fused training (~26 min)
+bench: venv data ## speed ratios (median of 5 repeats): platform vs a plain loop, scratch vs native BN, logging, 1 vs N jobs, fused training (~31 min)
 	$(PY) -m normlab.bench $(ARGS)
 
 lint: venv ## ruff check
