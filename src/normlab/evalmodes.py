@@ -147,13 +147,15 @@ class EvalModes(pl.Callback):
         self.precise_samples = precise_samples
         self.eval_batches = eval_batches
 
+    def evaluate(self, net: nn.Module) -> dict[str, float]:
+        """``evaluate`` over this callback's batches (fused groups call it for each cell)."""
+        return evaluate(net, self.train_batches, self.test_batches, self.precise_samples, self.eval_batches)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.net  # the plain nn.Module: copying it does not copy the trainer
         if not bn_layers(net) or trainer.current_epoch == 0:
             return
-        metrics = evaluate(
-            net, self.train_batches, self.test_batches, self.precise_samples, self.eval_batches
-        )
+        metrics = self.evaluate(net)
         for logger in trainer.loggers:  # Lightning's convention: the 0-based epoch they belong to
             logger.log_metrics({**metrics, "epoch": trainer.current_epoch - 1})
         trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})

@@ -28,7 +28,6 @@ from rich.console import Console
 
 from normlab import cells, config, data, locks, resume, tracking
 from normlab.data import IndexBatches
-from normlab.evalmodes import evaluate
 from normlab.fused import FusedLeNet
 from normlab.fused_module import FusedCalls, FusedClassifier
 from normlab.interrupt import SafeInterrupt
@@ -39,6 +38,7 @@ from normlab.run import (
     Outcome,
     RunFailed,
     build_net,
+    eval_modes,
     make_trainer,
     open_cell,
     quiet_libraries,
@@ -197,6 +197,7 @@ def _train(members: list[Member], cfg: DictConfig) -> dict[int, Result]:
     for member in members:
         member.cell.client.set_tag(member.run_id, "device", where)
     per_call = max(1, cfg.data.samples_per_call // batch_size)
+    val_batches = IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False)
     say(f"[{label}] training {', '.join(m.cell.name for m in members)}")
     with ExitStack() as monitors:
         for member in members:
@@ -212,7 +213,7 @@ def _train(members: list[Member], cfg: DictConfig) -> dict[int, Result]:
             trainer.fit(
                 module,
                 train_dataloaders=FusedCalls(sgd, per_call, first.epochs_done),
-                val_dataloaders=IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False),
+                val_dataloaders=val_batches,
             )
         except Exception as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -248,16 +249,7 @@ def _train(members: list[Member], cfg: DictConfig) -> dict[int, Result]:
         if trained and NORMS[member.cell.cfg.norm.kind].running_statistics:
             net = member.net.to(device)
             net.load_state_dict(module.model.unfused(position))
-            precise_sample = IndexBatches(
-                train_split,
-                batch_size,
-                shuffle=True,
-                seed=member.cell.cfg.seed,
-                stream=data.PRECISE_BN_SAMPLE,
-            )
-            test_batches = IndexBatches(test_split, batch_size, shuffle=False)
-            eval_batches = IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False)
-            evaluated = evaluate(net, precise_sample, test_batches, cfg.eval.precise_samples, eval_batches)
+            evaluated = eval_modes(member.cell.cfg, train_split, test_split, val_batches).evaluate(net)
             _log(member.cell.client, member.run_id, evaluated, total)
             final.update(evaluated)
         tracking.end_run(member.cell.client, member.run_id, "FINISHED")

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from normlab import cells, config, data, locks, resume, tracking
 from normlab.config import ConfigError
-from normlab.data import IndexBatches, SGDCalls
+from normlab.data import IndexBatches, SGDCalls, Split
 from normlab.evalmodes import EvalModes
 from normlab.interrupt import SafeInterrupt
 from normlab.module import Classifier
@@ -202,6 +202,20 @@ class Training:
     val_batches: IndexBatches
 
 
+def eval_modes(
+    cfg: DictConfig, train_split: Split, test_split: Split, val_batches: IndexBatches
+) -> EvalModes:
+    """A cell's evaluations after training (a net with running statistics): PreciseBN over the
+    cell's own sample of training batches and batch statistics over test batches, both as large
+    as the training batches; the PreciseBN copy's accuracy (per sample) over ``val_batches``."""
+    batch_size = cfg.data.batch_size
+    precise_sample = IndexBatches(
+        train_split, batch_size, shuffle=True, seed=cfg.seed, stream=data.PRECISE_BN_SAMPLE
+    )
+    test_batches = IndexBatches(test_split, batch_size, shuffle=False)
+    return EvalModes(precise_sample, test_batches, cfg.eval.precise_samples, val_batches)
+
+
 def build(cell: Cell, trainer: pl.Trainer, net: torch.nn.Module, run_id: str) -> Training:
     """The trainer's logger (into ``run_id``), the data on its device, the module and callbacks."""
     cfg, client = cell.cfg, cell.client
@@ -223,14 +237,7 @@ def build(cell: Cell, trainer: pl.Trainer, net: torch.nn.Module, run_id: str) ->
     trainer.callbacks += [EpochProgress(cell.name), resume.EpochCheckpoint(cell.checkpoint), SafeInterrupt()]
     val_batches = IndexBatches(test_split, cfg.data.eval_batch_size, shuffle=False)
     if NORMS[cfg.norm.kind].running_statistics:
-        # Batches as large as the training ones, for the evaluations that use batch statistics.
-        precise_sample = IndexBatches(
-            train_split, batch_size, shuffle=True, seed=cfg.seed, stream=data.PRECISE_BN_SAMPLE
-        )
-        test_batches = IndexBatches(test_split, batch_size, shuffle=False)
-        trainer.callbacks.append(
-            EvalModes(precise_sample, test_batches, cfg.eval.precise_samples, val_batches)
-        )
+        trainer.callbacks.append(eval_modes(cfg, train_split, test_split, val_batches))
     per_call = max(1, cfg.data.samples_per_call // batch_size)
     return Training(trainer, module, SGDCalls(sgd_batches, per_call), val_batches)
 
