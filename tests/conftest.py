@@ -1,18 +1,25 @@
-"""Shared fixtures: the real config, composed and shrunk for a quick CPU run into a temporary store."""
+"""Shared fixtures: the real config, composed, and a temporary store; no test writes into the
+checkout (checkpoints, claims and the default store go to a temporary folder)."""
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from normlab.config import compose
+from normlab.config.paths import CHECKPOINTS_ENV_VAR
 
-QUICK = ["data.train_subset=2048", "data.batch_size=64", "trainer.max_epochs=2", "trainer.accelerator=cpu"]
+
+@pytest.fixture(autouse=True)
+def outputs_outside_the_checkout(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints and claims (``checkpoint_dir=null``) and the default store (no
+    ``MLFLOW_TRACKING_URI``) of every test, and of the processes it starts, in a temporary folder."""
+    folder = tmp_path_factory.mktemp("outputs")
+    monkeypatch.setenv(CHECKPOINTS_ENV_VAR, str(folder / "checkpoints"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
 
 
 @pytest.fixture
@@ -23,24 +30,3 @@ def store(tmp_path: Path) -> str:
 @pytest.fixture
 def compose_config() -> Callable[[list[str]], DictConfig]:
     return compose
-
-
-def run_sweep(arguments: list[str], store: str, workdir: Path, **env: str) -> subprocess.CompletedProcess:
-    """``python -m normlab.train -m ...`` as a user runs it, into ``store``, outputs under ``workdir``."""
-    command = [
-        sys.executable,
-        "-m",
-        "normlab.train",
-        "-m",
-        *arguments,
-        f"hydra.sweep.dir={workdir / 'multirun'}",
-    ]
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": store, **env}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=workdir)
-
-
-def cell_runs(store: str, study: str) -> list:
-    """The study's training runs (a sweep's parent run left out)."""
-    client = MlflowClient(store)
-    experiment = client.get_experiment_by_name(study).experiment_id
-    return client.search_runs([experiment], filter_string="tags.kind = 'cell'")

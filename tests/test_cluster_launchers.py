@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from normlab.config import compose
-from tests.conftest import cell_runs, run_sweep
+from normlab.config.compose import compose
+from tests.helpers import cell_runs, run_sweep
 
 
 def _launcher(overrides: list[str]) -> dict:

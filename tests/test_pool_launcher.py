@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from hydra_plugins.normlab_pool.pool_launcher import plan_slots, visible_gpus
-from tests.conftest import cell_runs, run_sweep
+from tests.helpers import cell_runs, run_sweep
 
 
 def test_gpu_slots_are_a_pool_of_jobs_per_gpu() -> None:

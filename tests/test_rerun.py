@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from normlab.config import PROJECT_ROOT
-from normlab.run import fit
-from tests.conftest import QUICK
+from normlab.config.paths import PROJECT_ROOT
+from normlab.training.solo import fit
+from tests.helpers import QUICK
 
 
 def _rerun(arguments: list[str], store: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import cell_runs, run_sweep
+from tests.helpers import cell_runs, run_sweep
 
 pytestmark = pytest.mark.slow
 SMALL = [

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from normlab import report
-from normlab.config import PROJECT_ROOT
-from tests.conftest import cell_runs, run_sweep
+from normlab.config.paths import PROJECT_ROOT
+from normlab.report import page as report
+from tests.helpers import cell_runs, run_sweep
 
 STUDY = "ui_test"
 NAMES = ("none-bs256-lr0.9-s0", "scratch-bs256-m0.1-lr0.9-s0")  # no norm, no running statistics: no momentum

@@ -21,11 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from normlab import config, tracking
-from normlab.config import ConfigError
-from normlab.data import DataError
-from normlab.norms import NORMS
-from normlab.run import RunFailed, fit
+from normlab import config
+from normlab.config.rules import ConfigError
+from normlab.data.fashion_mnist import DataError
+from normlab.layers.registry import NORMS
+from normlab.tracking import store as tracking
+from normlab.training.lifecycle import RunFailed
+from normlab.training.solo import fit
 
 
 class RerunError(RuntimeError):

@@ -19,10 +19,10 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from normlab import resume
-from normlab.cells import canonical, run_name
-from normlab.config import tracking_uri
-from normlab.tracking import end_run, open_store, process_tags
+from normlab.config.cells import canonical, run_name
+from normlab.config.paths import tracking_uri
+from normlab.tracking import resume
+from normlab.tracking.store import end_run, open_store, process_tags
 
 OUTCOME_FILE = "outcome.json"
 PARENT_RUN_FILE = "parent_run_id"

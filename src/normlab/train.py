@@ -15,12 +15,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from normlab import cells, config, sweep
-from normlab.config import CONF_DIR, ConfigError
-from normlab.data import DataError
-from normlab.fused_run import fit_group
-from normlab.run import PARENT_TAG, Interrupted, RunFailed, fit
-from normlab.tracking import StoreError
+from normlab import config, sweep
+from normlab.config import cells
+from normlab.config.paths import CONF_DIR
+from normlab.config.rules import ConfigError
+from normlab.data.fashion_mnist import DataError
+from normlab.fused.run import fit_group
+from normlab.tracking.names import PARENT_TAG
+from normlab.tracking.store import StoreError
+from normlab.training.lifecycle import Interrupted, RunFailed
+from normlab.training.solo import fit
 
 
 def fused_group(job_dir: Path, group_file: str, tags: dict[str, str]) -> float:

@@ -46,7 +46,7 @@ def shared_overrides(cells: Sequence[Sequence[str]]) -> list[str]:
 
 class FusingSweeper(BasicSweeper):
     def get_job_batch(self) -> Sequence[Sequence[str]]:
-        from normlab import fusion  # imports torch: not before Hydra needs it
+        from normlab.fused import plan as fusion  # imports torch: not before Hydra needs it
 
         batch = super().get_job_batch()
         assert self.config is not None and self.hydra_context is not None

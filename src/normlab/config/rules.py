@@ -1,0 +1,97 @@
+"""The value rules of a config: each key's allowed values, checked before anything is loaded or
+recorded, and the lr a cell trains at."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from normlab.data.fashion_mnist import TRAIN_SIZE
+from normlab.layers.registry import NORMS
+
+
+class ConfigError(ValueError):
+    """A config value out of its range; the message names the key, the value and what is allowed."""
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# key -> (what is allowed, test), for keys present in the config (a norm without running
+# statistics has no momentum). Checked before anything is loaded or recorded.
+RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "data.batch_size": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "data.eval_batch_size": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "data.samples_per_call": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "data.train_subset": (
+        f"null or an integer in 1..{TRAIN_SIZE}",
+        lambda v: v is None or (_integer(v) and 1 <= v <= TRAIN_SIZE),
+    ),
+    "study": ("a name (text; quote a number: study=\"'123'\")", lambda v: isinstance(v, str) and v != ""),
+    "optimizer.lr": ("a finite number > 0", lambda v: _number(v) and 0 < v < math.inf),
+    "norm.momentum": (
+        "null (cumulative average) or a number in [0, 1]",
+        lambda v: v is None or (_number(v) and 0 <= v <= 1),
+    ),
+    "norm.eps": ("a number > 0", lambda v: _number(v) and v > 0),
+    "norm.affine": ("true or false", lambda v: isinstance(v, bool)),
+    "norm.num_groups": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "norm.virtual_batch_size": ("null or an integer >= 1", lambda v: v is None or (_integer(v) and v >= 1)),
+    "norm.r_max": ("a number >= 1 (1: no correction of the scale)", lambda v: _number(v) and v >= 1),
+    "norm.d_max": ("a number >= 0 (0: no correction of the shift)", lambda v: _number(v) and v >= 0),
+    "norm.hold_steps": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "norm.warmup_steps": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "norm.learned_eps": ("true or false", lambda v: isinstance(v, bool)),
+    "norm.learned_eps_start": ("a number >= 0", lambda v: _number(v) and v >= 0),
+    "model.weight_standardization": ("true or false", lambda v: isinstance(v, bool)),
+    "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
+    "warmup_samples": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "lr_schedule": ("constant or cosine", lambda v: v in ("constant", "cosine")),
+    "eval.precise_samples": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    # Seeds weights (torch takes < 2**32 via Lightning) and the SeedSequence of the data orders (>= 0).
+    "seed": ("an integer in 0..4294967295", lambda v: _integer(v) and 0 <= v < 2**32),
+    "force": ("true or false", lambda v: isinstance(v, bool)),
+    "fuse": ("auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
+    "tracking.system_metrics_s": ("a number > 0 (seconds)", lambda v: _number(v) and v > 0),
+}
+_ABSENT = object()
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value is out of range, and what is allowed,
+    or a norm option its kind does not take (``norm=group +norm.momentum=0.1``)."""
+    for key, (allowed, ok) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not ok(value):
+            raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
+    norm = NORMS[cfg.norm.kind]
+    if (
+        norm.includes_activation()
+        and cfg.model.get("norm_position", "before_activation") != "before_activation"
+    ):
+        raise ConfigError(
+            f"norm={cfg.norm.kind} includes its activation (it replaces norm and sigmoid): "
+            "model.norm_position must be before_activation"
+        )
+    known = norm.options()
+    for option in cfg.norm:
+        if option not in ("_target_", "kind", *known):
+            options = ", ".join(known) or "none"
+            raise ConfigError(
+                f"norm.{option} is not an option of norm kind {cfg.norm.kind!r}; its options: {options}"
+            )
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    """``optimizer.lr``, scaled by batch_size / 256 when ``lr_scaling=linear`` (lr is the batch-256 rate)."""
+    if cfg.lr_scaling == "linear":
+        return cfg.optimizer.lr * cfg.data.batch_size / 256
+    return cfg.optimizer.lr

@@ -1,0 +1,81 @@
+"""Rerunning a sweep: skip finished cells, clean up runs whose process died, resume killed ones.
+
+A cell is identified by its config fingerprint (``normlab.config.cells.fingerprint``: the resolved config
+less where things are recorded). Before a cell trains, ``plan_cell`` looks at the study's runs
+with that fingerprint:
+
+- a FINISHED one: skip the cell (unless ``force=true``);
+- a RUNNING one whose process is gone (same host, dead pid): mark it KILLED;
+- a RUNNING one whose process lives (or lives on another host): busy, it is being trained now;
+- a KILLED one with a per-epoch checkpoint: resume it, into the same MLflow run;
+- otherwise (none, FAILED, KILLED before its first checkpoint): a new run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from normlab.tracking import store
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Literal["skip", "busy", "resume", "new"]  # busy: being trained by another process now
+    reason: str  # one line for the console
+    run_id: str | None = None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_orphaned(run: Run) -> bool:
+    """A RUNNING run whose training process died on this host (killed, crashed, machine rebooted)."""
+    tags = run.data.tags
+    pid = tags.get("pid", "")
+    return tags.get("host") == platform.node() and pid.isdigit() and not process_alive(int(pid))
+
+
+BUSY = Plan("busy", "being trained now by another process of this machine")
+
+
+def plan_cell(
+    client: MlflowClient, experiment_id: str, fingerprint: str, checkpoint: Path, force: bool
+) -> Plan:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_fingerprint = '{fingerprint}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    status = {run.info.run_id: run.info.status for run in runs}  # kept current, not read again
+    for run in runs:
+        if status[run.info.run_id] == "RUNNING" and is_orphaned(run):
+            client.set_tag(run.info.run_id, "failure", "process died (found on rerun)")
+            store.end_run(client, run.info.run_id, "KILLED")
+            status[run.info.run_id] = "KILLED"
+    finished = [run for run in runs if status[run.info.run_id] == "FINISHED"]
+    if finished and not force:
+        return Plan("skip", f"finished as run {finished[0].info.run_id}", finished[0].info.run_id)
+    running = [run for run in runs if status[run.info.run_id] == "RUNNING"]
+    if running and not force:
+        where = f"{running[0].data.tags.get('host', '?')} pid {running[0].data.tags.get('pid', '?')}"
+        return Plan("busy", f"running now as run {running[0].info.run_id} ({where})", running[0].info.run_id)
+    killed = [run for run in runs if status[run.info.run_id] == "KILLED"]
+    if killed and checkpoint.exists() and not force:
+        return Plan(
+            "resume", f"resuming run {killed[0].info.run_id} from {checkpoint}", killed[0].info.run_id
+        )
+    return Plan("new", "forced" if force and runs else "new")

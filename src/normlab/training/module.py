@@ -1,0 +1,175 @@
+"""The thin LightningModule: a classifier's steps, epoch metrics and optimizer."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
+
+from normlab.data.batches import Batch
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class Diverged(ArithmeticError):
+    """The training or validation loss became NaN or infinite."""
+
+
+def lr_factor(step: int, warmup_steps: int, cosine_steps: int) -> float:
+    """The lr of step ``step`` (from 0) over the configured one: a linear ramp over the first
+    ``warmup_steps`` (Goyal et al. 2017: what lets a large linearly scaled lr start), then, with
+    ``cosine_steps``, a half cosine down to 0 at the last of that many steps (Loshchilov &
+    Hutter 2017), so every cell ends its budget annealed rather than mid-noise."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if not cosine_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(cosine_steps - warmup_steps, 1))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def divergence(metrics: dict[str, float], epoch: int) -> str | None:
+    """Why an epoch's metrics say the run diverged (a NaN test loss is as diverged as a NaN
+    training loss), or None."""
+    for stage in ("train", "val"):
+        loss = metrics.get(f"{stage}/loss", 0.0)
+        if not math.isfinite(loss):
+            return f"diverged at epoch {epoch} ({stage} loss {loss})"
+    return None
+
+
+class EpochSums(pl.LightningModule):
+    """What a classifier sums during an epoch, per stage: [loss * n, correct] on the device (of
+    shape ``sums_shape``: (2,), or (K, 2) for K fused cells), n on the host, and the seconds of the
+    epoch's training pass (validation follows the last training batch of every epoch)."""
+
+    def __init__(self, sums_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.sums_shape = sums_shape
+        self._sums = {stage: torch.zeros(self.sums_shape, dtype=torch.float64) for stage in ("train", "val")}
+        self._counts = {"train": 0, "val": 0}
+        self._train_started = 0.0
+        self._train_seconds = 0.0
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds of the last epoch's training pass."""
+        return self._train_seconds
+
+    def _reset(self, stage: str) -> None:
+        self._sums[stage] = torch.zeros(self.sums_shape, dtype=torch.float64, device=self.device)
+        self._counts[stage] = 0
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+        self._synchronize()
+        self._train_started = time.perf_counter()
+
+    def on_validation_epoch_start(self) -> None:
+        self._synchronize()
+        self._train_seconds = time.perf_counter() - self._train_started
+        self._reset("val")
+
+
+class Classifier(EpochSums):
+    """Trains ``net`` with cross-entropy and logs, once per epoch:
+
+    ``train/loss``, ``train/acc`` (running averages over the epoch in train mode, as d2l reports),
+    ``val/loss``, ``val/acc`` (eval mode: moving statistics), ``lr``, ``time/epoch_s`` (training
+    pass) and ``perf/samples_per_s``.
+
+    Speed: each training call receives a tuple of SGD batches (``normlab.data.SGDCalls``) and runs
+    their steps itself (Lightning's manual optimization), so Lightning's per-call overhead is paid
+    once per tuple. The steps call the torch optimizer and ``backward`` directly (Lightning's
+    wrappers cost another 7% at batch 8, measured by ``make bench``); what those wrappers add,
+    mixed precision and multi-device strategies, is refused in ``on_fit_start`` rather than
+    silently skipped. Per-step sums stay on the device and are read once per epoch: a ``self.log``
+    per step would cost more than a step. All metrics of an
+    epoch are logged together when validation ends (Lightning validates after the last training
+    batch of every epoch), so a tracker receives one batch per epoch.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        warmup_steps: int = 0,
+        cosine_steps: int = 0,
+    ) -> None:
+        super().__init__(sums_shape=(2,))
+        self.automatic_optimization = False
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.warmup_steps = warmup_steps
+        self.cosine_steps = cosine_steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def lr_factor(self, step: int) -> float:
+        return lr_factor(step, self.warmup_steps, self.cosine_steps)
+
+    def configure_optimizers(self) -> dict[str, object]:
+        optimizer = self.optimizer_factory(self.parameters())
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
+        logits = self.net(images)
+        loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            sums = self._sums[stage]
+            sums[0].add_(loss.detach(), alpha=labels.numel())
+            sums[1].add_((logits.argmax(dim=1) == labels).sum())
+        self._counts[stage] += labels.numel()
+        return loss
+
+    def on_fit_start(self) -> None:
+        precision, devices = self.trainer.precision, self.trainer.world_size
+        if precision not in ("32-true", "32") or devices != 1:
+            raise ValueError(
+                f"Classifier trains in float32 on one device; got precision={precision}, {devices} devices"
+            )
+
+    def training_step(self, batches: tuple[Batch, ...], batch_idx: int) -> None:
+        optimizer = self.trainer.optimizers[0]
+        schedule = self.trainer.lr_scheduler_configs[0].scheduler
+        for images, labels in batches:
+            loss = self._step(images, labels, "train")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if self.warmup_steps or self.cosine_steps:  # in the checkpoint: a resumed run continues it
+                schedule.step()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(*batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {}
+        for stage in ("train", "val"):
+            loss_sum, correct = self._sums[stage].tolist()
+            n = self._counts[stage]
+            if n:
+                metrics[f"{stage}/loss"] = loss_sum / n
+                metrics[f"{stage}/acc"] = correct / n
+        diverged = divergence(metrics, self.current_epoch + 1)
+        if diverged:
+            raise Diverged(diverged)
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            group = self.trainer.optimizers[0].param_groups[0]
+            metrics["lr"] = group["initial_lr"]  # the configured (peak) lr: tables group cells by it
+            metrics["lr/now"] = group["lr"]
+            metrics["time/epoch_s"] = self._train_seconds
+            metrics["perf/samples_per_s"] = self._counts["train"] / max(self._train_seconds, 1e-9)
+        self.log_dict(metrics, on_step=False, on_epoch=True)

@@ -1,0 +1,41 @@
+"""make bench on a tiny scale: both loops run, every figure is reported, the last line is parseable."""
+
+import re
+
+import pytest
+
+from normlab.bench import ratios as bench
+
+
+@pytest.mark.slow
+def test_bench_reports_every_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "SUBSETS", {256: 512, 8: 64})
+    monkeypatch.setattr(
+        bench, "ghost_step_ratios", lambda repeats: [bench.step_seconds("ghost", [], 16, 5) / 0.01]
+    )
+    monkeypatch.setattr(bench, "FUSED_SUBSETS", {2: 64, 256: 512})
+    monkeypatch.setattr(bench, "FUSED_KINDS", ("none", "scratch"))  # 2 kinds x 1 seed: the path, quickly
+    monkeypatch.setattr(bench, "FUSED_SEEDS", 1)
+    monkeypatch.setattr(bench, "AUTO_LINE_BATCHES", (2, 256))
+    monkeypatch.setattr(bench, "ONE_KIND_SEEDS", 2)
+    lines: list[str] = []
+    results = bench.run(epochs=2, repeats=1, sweep=False, say=lines.append)
+    for batch in (256, 8):
+        for norm in bench.NORMS:
+            assert results[f"bs{batch}/{norm}/platform"] > 0 and results[f"bs{batch}/{norm}/reference"] > 0
+            assert 0 < results[f"bs{batch}/{norm}/logging"] < 1
+        assert results[f"bs{batch}/scratch_vs_native"] > 0
+    assert re.fullmatch(r"speed ratio vs reference: bs256=\d+\.\d\d bs8=\d+\.\d\d", bench.ratio_line(results))
+    assert re.fullmatch(
+        r"fused speed-up: bs2=\d+\.\d\d bs256=1\.00", bench.final_line(results)
+    )  # auto: 256 alone
+    assert any(line.startswith(("other work while the bench ran", "load average (1 min)")) for line in lines)
+    assert any("scratch BN time per step" in line for line in lines)
+    assert results["ghost_vs_native"] > 0 and any("ghost BN (virtual batch 2)" in line for line in lines)
+    assert results["fused_bs2"] > 0 and results["fused_bs256"] > 0 and results["fused_bs2_one_kind"] > 0
+    assert any(
+        re.search(r"2 cells of one kind \(native x 2 seeds\) fused: \d+\.\d\d", line) for line in lines
+    )
+    assert any(
+        re.search(r"fused: \d+\.\d\d \[.*\] x the samples/s .* fuse=auto fuses here", line) for line in lines
+    )

@@ -1,0 +1,218 @@
+"""Every config group option, experiment and setup composes and instantiates into a working net."""
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from normlab.config.cells import run_name
+from normlab.config.compose import unknown_choice
+from normlab.config.paths import CONF_DIR, EXPERIMENTS_DIR, group_options
+from normlab.config.rules import ConfigError, check_config
+from normlab.layers.registry import NORMS
+from normlab.models import LeNet
+from normlab.training.inputs import build_net
+
+ALL_NORMS = (
+    "valid: batch_renorm, evonorm_b0, evonorm_s0, frn, ghost, group, layer, mean_only, native, none, "
+    "scratch, switchable, variance_only"
+)
+
+EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def _build(cfg) -> torch.nn.Module:
+    net = build_net(cfg)
+    optimizer = instantiate(cfg.optimizer)(net.parameters())
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    return net
+
+
+def test_norm_configs_match_the_registry() -> None:
+    assert group_options("norm") == sorted(NORMS)
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    return set(OmegaConf.load(path)) - {"_target_", "name", "kind"}
+
+
+@pytest.mark.parametrize("kind", sorted(NORMS))
+def test_each_norm_config_lists_every_constructor_option(kind: str) -> None:
+    """conf/norm/<kind>.yaml sets every option its constructor takes, and nothing else: a user can
+    see and override each one, and a norm without running statistics has no momentum."""
+    assert _yaml_keys(CONF_DIR / "norm" / f"{kind}.yaml") == set(NORMS[kind].options())
+    assert ("momentum" in NORMS[kind].options()) == NORMS[kind].running_statistics
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_each_model_config_lists_every_lenet_option(model: str) -> None:
+    """So ``model.norm_position=after_activation`` overrides a key instead of needing ``+``."""
+    options = set(list(inspect.signature(LeNet).parameters)[1:])  # all but the norm factory
+    assert _yaml_keys(CONF_DIR / "model" / f"{model}.yaml") == options
+
+
+def test_norms_without_momentum_name_runs_without_it(compose_config) -> None:
+    assert run_name(compose_config(["norm=group"])) == "group-bs256-lr0.9-s0"
+    assert run_name(compose_config(["norm=scratch"])) == "scratch-bs256-m0.1-lr0.9-s0"
+    assert run_name(compose_config(["norm=native", "norm.momentum=null"])) == "native-bs256-mNone-lr0.9-s0"
+
+
+def test_an_option_the_norm_does_not_take_is_one_sentence(compose_config) -> None:
+    message = r"norm.momentum is not an option of norm kind 'group'; its options: eps, num_groups"
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config(["norm=group", "+norm.momentum=0.1"]))
+
+
+def test_experiments_are_the_experiment_group() -> None:
+    assert EXPERIMENTS and group_options("experiment") == EXPERIMENTS
+
+
+@pytest.mark.parametrize("group", ["model", "norm", "optimizer", "data", "trainer", "setup"])
+def test_every_group_option_composes(group: str, compose_config) -> None:
+    for option in group_options(group):
+        cfg = compose_config([f"{group}={option}"])
+        assert isinstance(_build(cfg), LeNet)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_and_its_setups_compose(experiment: str, compose_config) -> None:
+    cfg = compose_config([f"experiment={experiment}"])
+    assert cfg.study == experiment.partition("__")[0]  # a study's extra grids: <study>__<grid>.yaml
+    _build(cfg)
+    grid = cfg.hydra.sweeper.params if "hydra" in cfg else {}
+    for setup in str(grid.get("setup", "")).split(","):
+        if setup:
+            _build(compose_config([f"experiment={experiment}", f"setup={setup}"]))
+
+
+def test_d2l_study_is_the_issue_design(compose_config) -> None:
+    expected = {
+        "d2l_lenet": ("lenet_d2l", "none", 0.9),
+        "bn_scratch": ("lenet_bn", "scratch", 1.0),
+        "bn_native": ("lenet_bn", "native", 1.0),
+        "bn_none": ("lenet_bn", "none", 0.9),
+    }
+    for setup, (model, norm, lr) in expected.items():
+        cfg = compose_config(["experiment=d2l_bn_lenet", f"setup={setup}"])
+        assert (cfg.model.name, cfg.norm.kind, cfg.optimizer.lr) == (model, norm, lr)
+        assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.data.train_subset) == (256, 10, None)
+
+
+def test_unknown_choice_sentence() -> None:
+    assert unknown_choice(["norm=scratch", "seed=1"]) is None
+    assert unknown_choice(["-m", "norm=none,scratch"]) is None
+    assert unknown_choice(["-m", "norm=glob(*)"]) is None
+    assert unknown_choice(["norm=scratch,bogus"]) == f"error: unknown norm kind 'bogus'; {ALL_NORMS}"
+    assert "unknown model 'resnet'" in unknown_choice(["model=resnet"])
+
+
+BAD_INPUTS = [
+    ("data.batch_size=0", "data.batch_size=0 is not allowed; it must be an integer >= 1"),
+    ("data.eval_batch_size=-4", "data.eval_batch_size=-4 is not allowed"),
+    (
+        "data.train_subset=60001",
+        "data.train_subset=60001 is not allowed; it must be null or an integer in 1..60000",
+    ),
+    ("optimizer.lr=0", "optimizer.lr=0 is not allowed; it must be a finite number > 0"),
+    ("optimizer.lr=-1.0", "optimizer.lr=-1.0 is not allowed"),
+    (
+        "norm.momentum=1.5",
+        "norm.momentum=1.5 is not allowed; it must be null (cumulative average) or a number",
+    ),
+    ("norm.momentum=-0.1", "norm.momentum=-0.1 is not allowed"),
+    ("norm.eps=0", "norm.eps=0 is not allowed; it must be a number > 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed; it must be an integer >= 1"),
+    ("seed=1.5", "seed=1.5 is not allowed; it must be an integer in 0..4294967295"),
+    ("seed=abc", "seed='abc' is not allowed; it must be an integer in 0..4294967295"),
+    ("data.batch_size=2.5", "data.batch_size=2.5 is not allowed; it must be an integer >= 1"),
+    ("data.samples_per_call=0", "data.samples_per_call=0 is not allowed; it must be an integer >= 1"),
+    ("norm.eps=-1e-05", "norm.eps=-1e-05 is not allowed; it must be a number > 0"),
+    ("lr_scaling=quadratic", "lr_scaling='quadratic' is not allowed; it must be constant or linear"),
+    ("eval.precise_samples=0", "eval.precise_samples=0 is not allowed; it must be an integer >= 1"),
+    ("force=maybe", "force='maybe' is not allowed; it must be true or false"),
+    ("optimizer.lr=inf", "optimizer.lr=inf is not allowed; it must be a finite number > 0"),
+    ("study=nan", "study=nan is not allowed; it must be a name"),
+    ("seed=-1", "seed=-1 is not allowed; it must be an integer in 0..4294967295"),
+    ("seed=4294967296", "seed=4294967296 is not allowed"),
+    ("norm=group norm.num_groups=0", "norm.num_groups=0 is not allowed; it must be an integer >= 1"),
+    ("norm=ghost norm.virtual_batch_size=0", "norm.virtual_batch_size=0 is not allowed"),
+    ("norm=batch_renorm norm.r_max=0.5", "norm.r_max=0.5 is not allowed; it must be a number >= 1"),
+    ("norm=batch_renorm norm.d_max=-1", "norm.d_max=-1 is not allowed; it must be a number >= 0"),
+    ("norm=native norm.affine=maybe", "norm.affine='maybe' is not allowed; it must be true or false"),
+    ("norm=frn norm.learned_eps=1", "norm.learned_eps=1 is not allowed; it must be true or false"),
+    ("model.weight_standardization=yes", "model.weight_standardization='yes' is not allowed"),
+    (
+        "norm=evonorm_s0 model.norm_position=after_activation",
+        "norm=evonorm_s0 includes its activation (it replaces norm and sigmoid): model.norm_position must be",
+    ),
+]
+
+# Rejected before any training or recording, by the command line: (arguments, its one line on stderr).
+BAD_COMMANDS = [
+    (["norm=bogus"], f"error: unknown norm kind 'bogus'; {ALL_NORMS}"),
+    (["optimizer=adamw"], "error: unknown optimizer 'adamw'; valid: sgd"),
+    (["model=resnet"], "error: unknown model 'resnet'; valid: lenet_bn, lenet_d2l"),
+    (["optimizer.lr=-1"], "error: optimizer.lr=-1 is not allowed; it must be a finite number > 0"),
+    (["data.root=/nonexistent"], "error: data.root=/nonexistent holds no verified Fashion-MNIST files;"),
+    (
+        ["tracking.uri=sqlite:////proc/no/such/dir.db"],
+        "error: cannot use the tracking store sqlite:////proc/",
+    ),
+    (["optimiser.lr=1"], "error: unknown key 'optimiser.lr'; did you mean 'optimizer.lr'?"),
+    (["+optimiser.lr=1"], "error: unknown key 'optimiser.lr'; did you mean 'optimizer.lr'?"),
+    (
+        ["trainer.precision=16"],
+        "error: unknown key 'trainer.precision'; add a new key with +trainer.precision=",
+    ),
+    (
+        ["norm=group", "norm.num_groups=0"],
+        "error: norm.num_groups=0 is not allowed; it must be an integer >= 1",
+    ),
+    (["norm=group", "+norm.momentum=0.1"], "error: norm.momentum is not an option of norm kind 'group'"),
+    (["seed=-1"], "error: seed=-1 is not allowed"),
+    (["trainer.accelerator=gpu"], "error: trainer="),
+    (["checkpoint_dir=/proc/no/such"], "error: checkpoint_dir=/proc/no/such is not writable"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_INPUTS)
+def test_bad_values_are_rejected_with_key_and_allowed_values(
+    override: str, message: str, compose_config
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(compose_config(override.split()))
+
+
+def test_good_edge_values_pass(compose_config) -> None:
+    for overrides in (
+        ["norm.momentum=null"],
+        ["norm.momentum=1.0", "data.batch_size=1"],
+        ["data.train_subset=1"],
+    ):
+        check_config(compose_config(overrides))
+
+
+@pytest.mark.parametrize(("arguments", "message"), BAD_COMMANDS, ids=lambda v: str(v)[:40])
+def test_cli_bad_input_is_one_line_and_records_nothing(
+    arguments: list[str], message: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "normlab.train", "data.train_subset=64", "trainer.max_epochs=1", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines  # no traceback, no log noise
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,145 @@
+"""Reliability: a sweep killed twice with SIGKILL finishes on rerun with the metrics of an uninterrupted one;
+8 processes log to one SQLite store at once; the same config and seed give the same metrics."""
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from normlab.tracking import store as tracking
+from normlab.tracking.epochs import EpochRecorder
+from normlab.tracking.names import FUSED_WITH_TAG
+from normlab.training.solo import fit
+from tests.helpers import QUICK, cell_runs, run_sweep
+
+CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=3072", "data.batch_size=32",
+         "trainer.max_epochs=6", "trainer.accelerator=cpu", "eval.precise_samples=320",
+         "hydra.launcher.cpu_jobs=2"]  # fmt: skip
+COMPARED = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats")
+
+
+def _sweep(store: str, workdir: Path, name: str, fuse: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "normlab.train", "-m", *CELLS, f"fuse={fuse}",
+               f"checkpoint_dir={workdir / 'checkpoints'}", f"hydra.sweep.dir={workdir / name}"]  # fmt: skip
+    log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _kill_after_a_checkpoint(process: subprocess.Popen, checkpoints: Path, newer_than: float) -> None:
+    """SIGKILL the whole sweep (launcher and workers) once an epoch checkpoint newer than ``newer_than``
+    exists: mid-run, after at least one epoch of this attempt."""
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if any(p.stat().st_mtime > newer_than for p in checkpoints.glob("*/*.ckpt")):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return
+        time.sleep(0.02)
+    pytest.fail(f"no checkpoint appeared before the sweep ended (exit {process.poll()})")
+
+
+def _runs(store: str) -> list:
+    return cell_runs(store, "kill_test")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fuse", ["false", "true"], ids=["alone", "fused"])
+def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path, fuse: str) -> None:
+    killed_store = f"sqlite:///{tmp_path / 'killed.db'}"
+    checkpoints = tmp_path / "checkpoints"
+    for attempt in ("first", "second"):
+        started = time.time()
+        _kill_after_a_checkpoint(_sweep(killed_store, tmp_path, attempt, fuse), checkpoints, started)
+    # killed processes leave RUNNING runs; a rerun marks those it cannot resume KILLED
+    assert {r.info.status for r in _runs(killed_store)} <= {"RUNNING", "KILLED"}
+    final = _sweep(killed_store, tmp_path, "final", fuse)
+    assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
+    log = (tmp_path / "final.log").read_text()
+    assert "resume: resuming run" in log and "[sweep] 2 cells:" in log and "0 failed" in log
+
+    reference_store = f"sqlite:///{tmp_path / 'reference.db'}"
+    (tmp_path / "ref").mkdir()
+    reference = _sweep(reference_store, tmp_path / "ref", "uninterrupted", fuse)
+    assert reference.wait(timeout=300) == 0, (tmp_path / "ref" / "uninterrupted.log").read_text()[-3000:]
+
+    killed, expected = _runs(killed_store), {r.data.tags["norm"]: r for r in _runs(reference_store)}
+    for norm in ("scratch", "native"):
+        cell = [r for r in killed if r.data.tags["norm"] == norm]
+        assert sorted(r.info.status for r in cell).count("FINISHED") == 1, [r.info.status for r in cell]
+        finished = next(r for r in cell if r.info.status == "FINISHED")
+        for key in COMPARED:
+            assert finished.data.metrics[key] == expected[norm].data.metrics[key], (norm, key)
+    assert not list(checkpoints.glob("*/*.ckpt"))  # removed once their runs finished
+    assert all((FUSED_WITH_TAG in r.data.tags) == (fuse == "true") for r in killed)
+    # The two killed sweeps' parent runs were closed by the final one; resumed runs keep no stale failure.
+    client = MlflowClient(killed_store)
+    experiment = client.get_experiment_by_name("kill_test").experiment_id
+    parents = client.search_runs([experiment], filter_string="tags.kind = 'sweep'")
+    assert sorted(run.info.status for run in parents) == ["FINISHED", "KILLED", "KILLED"]
+    assert all("failure" not in r.data.tags for r in killed if r.info.status == "FINISHED")
+
+
+def _log_epochs(store: str, run_id: str, epochs: int) -> None:
+    client = MlflowClient(store)
+    recorder = EpochRecorder(client, run_id, resumed=False)
+    for epoch in range(epochs):
+        recorder.log({f"m{i}": epoch + i / 10 for i in range(7)}, epoch + 1)
+    tracking.end_run(client, run_id, "FINISHED")
+
+
+@pytest.mark.slow
+def test_eight_writers_to_one_sqlite_store_lose_nothing(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, experiment = tracking.open_store(store, "concurrency")  # created once, before the writers
+    run_ids = [client.create_run(experiment).info.run_id for _ in range(8)]
+    context = mp.get_context("spawn")
+    writers = [context.Process(target=_log_epochs, args=(store, run_id, 40)) for run_id in run_ids]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert [writer.exitcode for writer in writers] == [0] * 8  # no "database is locked"
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        for i in range(7):
+            history = client.get_metric_history(run_id, f"m{i}")
+            assert sorted(m.step for m in history) == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_identical_metrics(compose_config, tmp_path: Path) -> None:
+    results = []
+    for attempt in ("a", "b"):
+        overrides = [*QUICK, "norm=scratch", f"tracking.uri=sqlite:///{tmp_path / attempt}.db",
+                     f"checkpoint_dir={tmp_path / attempt}"]  # fmt: skip
+        results.append(fit(compose_config(overrides), []).metrics)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats"):
+        assert results[0][key] == results[1][key], key
+
+
+@pytest.mark.slow
+def test_failed_cell_sweep_goes_on_exits_1_and_a_rerun_skips_the_finished(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    arguments = ["study=fail_test", "norm=native,scratch", "data.batch_size=1", "data.train_subset=32",
+                 "trainer.max_epochs=1", "trainer.accelerator=cpu", "eval.precise_samples=128",
+                 f"checkpoint_dir={tmp_path / 'checkpoints'}"]  # fmt: skip
+    first = run_sweep(arguments, store, tmp_path)
+    assert first.returncode == 1, first.stderr[-3000:]
+    out = first.stdout + first.stderr
+    assert "[sweep] 2 cells: 1 trained, 0 resumed, 0 skipped (already finished), 1 failed" in out
+    assert "failed native-bs1-m0.1-lr0.9-s0: run native-bs1-m0.1-lr0.9-s0 failed: Expected" in out
+
+    again = run_sweep(arguments, store, tmp_path)
+    out = again.stdout + again.stderr
+    assert again.returncode == 1 and "0 trained, 0 resumed, 1 skipped (already finished), 1 failed" in out
+    assert "[scratch-bs1-m0.1-lr0.9-s0] skip: finished as run" in out
+    runs = cell_runs(store, "fail_test")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]  # failed cells rerun

@@ -1,0 +1,49 @@
+"""The cell lifecycle: each epoch's metrics reach MLflow exactly once, whatever the moment of a kill."""
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from normlab.config import compose
+from normlab.tracking import checkpoints
+from normlab.training.lifecycle import Interrupted
+from normlab.training.solo import fit
+from tests.helpers import QUICK
+
+SPEED = ("time/", "perf/", "system/")  # seconds and machine load differ between any two runs
+
+
+def _values(store: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    client = MlflowClient(store)
+    keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith(SPEED)]
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
+
+
+@pytest.mark.slow
+def test_a_solo_run_killed_between_an_epochs_metrics_and_its_checkpoint_records_that_epoch_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cell(name: str) -> list[str]:
+        store = f"tracking.uri=sqlite:///{tmp_path / name}.db"
+        return [*QUICK, "norm=scratch", "trainer.max_epochs=3", store, f"checkpoint_dir={tmp_path / name}"]
+
+    expected = fit(compose(cell("uninterrupted")), [])
+    write, calls = checkpoints.write, []
+
+    def killed_before_the_second_checkpoint(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        if len(calls) == 2:  # epoch 2's metrics are in MLflow, its checkpoint not yet written
+            raise KeyboardInterrupt
+        write(*args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpoints, "write", killed_before_the_second_checkpoint)
+        with pytest.raises(Interrupted):
+            fit(compose(cell("killed")), [])
+    resumed = fit(compose(cell("killed")), [])
+    assert resumed.action == "resume"
+    recorded = _values(f"sqlite:///{tmp_path}/killed.db", resumed.run_id)
+    assert recorded == _values(f"sqlite:///{tmp_path}/uninterrupted.db", expected.run_id)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "lr"):
+        assert [step for step, _ in recorded[key]] == [1, 2, 3], key

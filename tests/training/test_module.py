@@ -1,0 +1,91 @@
+"""The Lightning module's training path: several SGD batches per call are exactly single calls."""
+
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from normlab.data.batches import IndexBatches, SGDCalls
+from normlab.data.fashion_mnist import Split
+from normlab.layers.registry import norm_factory
+from normlab.models import LeNet
+from normlab.training.inputs import QUIET_TRAINER
+from normlab.training.module import Classifier, Diverged
+
+
+def _train(per_call: int, batch_size: int = 8, warmup_steps: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    split = Split(
+        torch.rand(101, 1, 28, 28, generator=generator), torch.randint(0, 10, (101,), generator=generator)
+    )
+    torch.manual_seed(0)
+    module = Classifier(
+        LeNet(norm_factory("scratch")),
+        partial(torch.optim.SGD, lr=0.5),
+        warmup_steps=warmup_steps,
+    )
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
+    batches = IndexBatches(split, batch_size, shuffle=True, seed=0, drop_single_tail=True)
+    trainer.fit(
+        module,
+        train_dataloaders=SGDCalls(batches, per_call),
+        val_dataloaders=IndexBatches(split, 50, shuffle=False),
+    )
+    metrics = {
+        key: torch.as_tensor(trainer.callback_metrics[key]) for key in ("train/loss", "train/acc", "val/acc")
+    }
+    metrics["lr"] = torch.as_tensor(trainer.optimizers[0].param_groups[0]["lr"])
+    return {**module.net.state_dict(), **metrics}
+
+
+def test_several_batches_per_call_equal_single_calls() -> None:
+    single, grouped = _train(per_call=1), _train(per_call=5)
+    assert single.keys() == grouped.keys() and "train/loss" in single
+    for key in single:
+        torch.testing.assert_close(grouped[key], single[key], rtol=0, atol=0, msg=key)
+
+
+def test_warm_up_ramps_the_lr_step_by_step() -> None:
+    """2 epochs of 13 steps at batch 8 (100 samples, a single tail dropped): after 26 steps of a
+    30-step ramp the lr is 0.5 * 27 / 30; a ramp shorter than training ends at the full lr, and
+    several batches per call still equal single calls."""
+    assert _train(per_call=1, warmup_steps=30)["lr"].item() == pytest.approx(0.5 * 27 / 30)
+    assert _train(per_call=1, warmup_steps=10)["lr"].item() == pytest.approx(0.5)
+    single, grouped = _train(per_call=1, warmup_steps=30), _train(per_call=4, warmup_steps=30)
+    for key in single:
+        torch.testing.assert_close(grouped[key], single[key], rtol=0, atol=0, msg=key)
+
+
+def test_mixed_precision_is_refused() -> None:
+    module = Classifier(LeNet(norm_factory("none")), partial(torch.optim.SGD, lr=0.1))
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", precision="bf16-mixed", logger=False, **QUIET_TRAINER
+    )
+    split = Split(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    with pytest.raises(ValueError, match="float32 on one device"):
+        trainer.fit(module, train_dataloaders=SGDCalls(IndexBatches(split, 4, shuffle=False), 1))
+
+
+class _NaNWhenEvaluated(torch.nn.Module):
+    """Trains like LeNet, but evaluates to NaN: a validation loss that is not finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = LeNet(norm_factory("none"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        return logits if self.training else logits * float("nan")
+
+
+def test_a_nan_validation_loss_is_a_divergence() -> None:
+    module = Classifier(_NaNWhenEvaluated(), partial(torch.optim.SGD, lr=0.1))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
+    split = Split(torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    with pytest.raises(Diverged, match=r"diverged at epoch 1 \(val loss nan\)"):
+        trainer.fit(
+            module,
+            train_dataloaders=SGDCalls(IndexBatches(split, 8, shuffle=False), 1),
+            val_dataloaders=IndexBatches(split, 8, shuffle=False),
+        )
