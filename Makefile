@@ -50,11 +50,12 @@ test: venv data browser lint ## ruff, then the test suite (~14 minutes on 2 core
 bench: venv data ## speed ratios (median of 5 repeats): platform vs a plain loop, scratch vs native BN, logging, 1 vs N jobs, fused training (~31 min)
 	$(PY) -m normlab.bench $(ARGS)
 
-lint: venv ## ruff check
+lint: venv ## ruff check, and the import contract (imports only downward: pyproject.toml)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # The store: $MLFLOW_TRACKING_URI, else the project's mlflow.db (normlab.config says which, once).
-STORE = $$($(PY) -c 'from normlab.config import tracking_uri; print(tracking_uri())')
+STORE = $$($(PY) -c 'from normlab.config.paths import tracking_uri; print(tracking_uri())')
 
 ui: venv ## the MLflow UI over the project's store on 127.0.0.1 (PORT, default 5000); prints each study's runs page
 	@echo "MLflow UI: http://127.0.0.1:$${PORT:-5000}"

@@ -1,7 +1,8 @@
 """``python -m normlab.rerun <run id>`` (``make rerun RUN_ID=<id>``): train a recorded run again.
 
 The run's resolved config (its ``config.yaml`` artifact) is trained as it was, as a new run of the
-same study tagged ``rerun_of=<id>``, with the recorded overrides logged again and as many torch
+same study tagged ``rerun_of=<id>`` (``_target_`` paths recorded before a module moved map to its
+new home: ``MOVED_TARGETS``), with the recorded overrides logged again and as many torch
 threads as the original had (float sums depend on it); then the original's
 and the rerun's final metrics are printed side by side. Keys added to ``conf/`` since the run was
 recorded take today's defaults.
@@ -29,6 +30,22 @@ from normlab.tracking import store as tracking
 from normlab.training.lifecycle import RunFailed
 from normlab.training.solo import fit
 
+# What configs recorded before normlab's subpackages instantiate, and where it lives now (the
+# model's target, ``normlab.models.LeNet``, did not move).
+MOVED_TARGETS = {"normlab.norms.norm_factory": "normlab.layers.norm_factory"}
+
+
+def moved(node: object) -> object:
+    """A recorded config (as a container) with every ``_target_`` at its current home."""
+    if isinstance(node, dict):
+        return {
+            key: MOVED_TARGETS.get(value, value) if key == "_target_" else moved(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [moved(value) for value in node]
+    return node
+
 
 class RerunError(RuntimeError):
     """The run cannot be rerun; the message says why."""
@@ -49,7 +66,8 @@ def recorded(client: MlflowClient, run_id: str) -> tuple[Run, DictConfig, list[s
         except (MlflowException, OSError) as error:
             raise RerunError(f"run {run_id} has no recorded config: {error}") from None
     defaults = OmegaConf.to_container(config.compose())
-    cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(resolved))
+    recorded_config = moved(OmegaConf.to_container(OmegaConf.create(resolved)))
+    cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(recorded_config))
     # Runs recorded before norms without running statistics lost their (unused) momentum.
     taken = ("_target_", "kind", *NORMS[cfg.norm.kind].options())
     cfg.norm = {key: value for key, value in cfg.norm.items() if key in taken}

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from scipy import stats
 
-from normlab import ui
+from normlab.tracking import addresses as ui
 from normlab.report import page as report
 
 FINAL_VAL_ACC = {"bn": [0.80, 0.84, 0.86], "plain": [0.70, 0.74]}
@@ -220,7 +220,8 @@ def test_curves_count_one_value_per_run_metric_and_epoch(store: str) -> None:
     experiment = client.create_experiment("dupes")
     run_id = client.create_run(experiment).info.run_id
     logged = [(1, 0.5), (2, 0.55), (2, 0.6), (3, 0.7)]  # (step, value), in this order
-    client.log_batch(run_id, metrics=[Metric("val/acc", v, 1000 + i, step) for i, (step, v) in enumerate(logged)])
+    metrics = [Metric("val/acc", value, 1000 + i, step) for i, (step, value) in enumerate(logged)]
+    client.log_batch(run_id, metrics=metrics)
     runs = pd.DataFrame([{"run_id": run_id, "status": "FINISHED", "tags.setup": "s"}])
     history = report.curves(runs, store)
     accuracy = history[history["metric"] == "val/acc"]

@@ -21,12 +21,13 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from normlab import config, ui
+from normlab import config
 from normlab.config import cells
 from normlab.config.paths import EXPERIMENTS_DIR
 from normlab.report import convergence, findings, plots, walltime
 from normlab.report.statistics import prediction_interval
 from normlab.tracking import store as tracking
+from normlab.tracking.addresses import runs_page
 
 METRICS = ("train/loss", "train/acc", "val/acc", "val/acc_precise", "val/acc_batchstats")
 # Published figures (logged with a setup's config) and the metric each is compared with.
@@ -467,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"wrote {EXPERIMENTS_DIR / study / 'RESULTS.md'}")
     experiment = MlflowClient(uri).get_experiment_by_name(study)
     if experiment is not None:
-        print(f"compare its runs: make ui, then open {ui.runs_page(experiment.experiment_id)}")
+        print(f"compare its runs: make ui, then open {runs_page(experiment.experiment_id)}")
 
 
 if __name__ == "__main__":
