@@ -27,6 +27,7 @@ from normlab.config.rules import ConfigError
 from normlab.data.fashion_mnist import DataError
 from normlab.layers.registry import NORMS
 from normlab.tracking import store as tracking
+from normlab.tracking.names import KIND_TAG
 from normlab.training.lifecycle import RunFailed
 from normlab.training.solo import fit
 
@@ -57,7 +58,7 @@ def recorded(client: MlflowClient, run_id: str) -> tuple[Run, DictConfig, list[s
         run = client.get_run(run_id)
     except MlflowException:
         raise RerunError(f"no run {run_id!r} in {client.tracking_uri}") from None
-    if run.data.tags.get("kind") in ("sweep", "summary"):
+    if run.data.tags.get(KIND_TAG) in ("sweep", "summary"):
         raise RerunError(f"run {run_id} is a sweep's parent run, not a training run; rerun one of its cells")
     with tempfile.TemporaryDirectory() as folder:
         try:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from normlab.config.cells import canonical, run_name
 from normlab.config.paths import tracking_uri
 from normlab.tracking import resume
+from normlab.tracking.names import FAILURE_TAG, KIND_TAG
 from normlab.tracking.store import end_run, open_store, process_tags
 
 OUTCOME_FILE = "outcome.json"
@@ -80,11 +81,11 @@ def close_dead_sweeps(client: MlflowClient, experiment: str) -> list[str]:
     """Mark KILLED the parent runs left RUNNING by sweeps whose process died on this host (killed,
     interrupted, crashed: their summary never ran); their ids."""
     running = client.search_runs(
-        [experiment], filter_string="tags.kind = 'sweep' and attributes.status = 'RUNNING'"
+        [experiment], filter_string=f"tags.{KIND_TAG} = 'sweep' and attributes.status = 'RUNNING'"
     )
     dead = [run for run in running if resume.is_orphaned(run)]
     for run in dead:
-        client.set_tag(run.info.run_id, "failure", "sweep process died (found by a later sweep)")
+        client.set_tag(run.info.run_id, FAILURE_TAG, "sweep process died (found by a later sweep)")
         end_run(client, run.info.run_id, "KILLED")
     return [run.info.run_id for run in dead]
 
@@ -98,7 +99,7 @@ def start_parent_run(config: DictConfig) -> str:
         print(f"[sweep] run {run_id} of an earlier sweep whose process died: marked KILLED", flush=True)
     sweep_dir = Path(config.hydra.sweep.dir).resolve()
     tags = {
-        "kind": "sweep",
+        KIND_TAG: "sweep",
         "status": "running",
         "study": config.study,
         "sweep_dir": str(sweep_dir),
@@ -119,7 +120,7 @@ def close_if_running(client: MlflowClient, run_id: str) -> None:
     effort: a store gone at exit leaves it to the next sweep too."""
     try:
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "failure", "sweep interrupted before its summary")
+            client.set_tag(run_id, FAILURE_TAG, "sweep interrupted before its summary")
             end_run(client, run_id, "KILLED")
     except Exception:  # any store error at exit: nothing more to do here
         pass

@@ -1,7 +1,7 @@
 """The Hydra entry point: ``python -m normlab.train [overrides]`` trains one cell, ``-m`` sweeps.
 
-Everything it does beyond reading the command line is elsewhere: the config's rules in
-``normlab.config``, the cell's identity in ``normlab.cells``, training it in ``normlab.run``,
+Everything it does beyond reading the command line is elsewhere: what a cell is in
+``normlab.config``, training it in ``normlab.training.solo`` (a fused job: ``normlab.fused.run``),
 the sweep's parent run and summary in ``normlab.sweep``.
 """
 

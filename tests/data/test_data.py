@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from normlab import data
-from normlab.data.batches import IndexBatches, SGDCalls
+from normlab.data import fashion_mnist as data
+from normlab.data.batches import PRECISE_BN_SAMPLE, TRAINING_ORDER, IndexBatches, SGDCalls
 from normlab.data.fashion_mnist import DataError, Split
 
 
@@ -113,14 +113,14 @@ def test_seeds_and_epochs_give_independent_orders() -> None:
     epoch e replayed seed s's epoch e+1 (only 19 distinct orders); nor may the PreciseBN sample
     replay a training epoch."""
 
-    def order(seed: int, epoch: int, stream: int = data.TRAINING_ORDER) -> tuple[int, ...]:
+    def order(seed: int, epoch: int, stream: int = TRAINING_ORDER) -> tuple[int, ...]:
         batches = IndexBatches(_split(100), batch_size=100, shuffle=True, seed=seed, stream=stream)
         batches.sampler.set_epoch(epoch)
         return tuple(next(iter(batches))[1].tolist())
 
     training = {order(seed, epoch) for seed in range(10) for epoch in range(10)}
     assert len(training) == 100
-    assert not training & {order(seed, 0, data.PRECISE_BN_SAMPLE) for seed in range(10)}
+    assert not training & {order(seed, 0, PRECISE_BN_SAMPLE) for seed in range(10)}
 
 
 def test_unshuffled_batches_keep_order() -> None:

@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from scipy import stats
 
-from normlab.tracking import addresses as ui
 from normlab.report import page as report
+from normlab.tracking import addresses as ui
 
 FINAL_VAL_ACC = {"bn": [0.80, 0.84, 0.86], "plain": [0.70, 0.74]}
 

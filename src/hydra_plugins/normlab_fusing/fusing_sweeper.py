@@ -1,7 +1,7 @@
-"""Hydra's basic sweeper, plus fused training: the cells of each batch that ``normlab.fusion``
+"""Hydra's basic sweeper, plus fused training: the cells of each batch that ``normlab.fused.plan``
 groups (``fuse=auto|true|false``) become one job. Such a job's overrides are what its cells share
 plus ``fuse_group=<file>``; the file (in the sweep folder) lists each cell's overrides and config,
-and the job trains them with ``normlab.fused_run.fit_group``. Any launcher runs the jobs: the pool
+and the job trains them with ``normlab.fused.run.fit_group``. Any launcher runs the jobs: the pool
 gives each group a slot, SLURM a job of its own.
 
 Select it with ``hydra/sweeper=fusing`` (the default, conf/config.yaml).

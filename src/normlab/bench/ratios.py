@@ -9,14 +9,14 @@ Measured (samples/s of training passes; the first epoch is warm-up and not count
   batch 128 (64 statistics groups per layer, one reshape) vs native BN, per step;
 - MLflow logging: seconds inside the logger's ``log_metrics`` over the seconds of the whole fit;
 - sweep throughput: the same small sweep with 1 and with N parallel jobs (pool launcher);
-- fused training (``normlab.fused_run``): 15 cells (none, scratch, native, group, layer BN-LeNets,
+- fused training (``normlab.fused.run``): 15 cells (none, scratch, native, group, layer BN-LeNets,
   3 seeds each: the batch_size study's kinds) trained as one fused group vs each alone, through
   the platform (``fit_group`` vs ``fit``), samples/s per cell of their second epoch; and at batch
   2, 15 cells of one kind (torch's BN, 15 seeds), what a seed or lr sweep of one kind fuses at:
   each norm kind in a group adds its own calls per norm layer.
 
 Every ratio is the median of ``--repeats`` (default 5) interleaved repeats, printed with its
-min-max spread; the share of the cores' time that other work took meanwhile (``normlab.cpu_share``;
+min-max spread; the share of the cores' time that other work took meanwhile (``normlab.bench.cpu_share``;
 the load average where there is no ``/proc/stat``) says whether the machine was quiet.
 The second-to-last line is ``speed ratio vs reference: bs256=<x> bs8=<y>`` (BN-LeNet, native BN),
 the last ``fused speed-up: bs2=<x> bs8=<y> bs256=<z>`` with ``fuse=auto`` (a batch size it trains

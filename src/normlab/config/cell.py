@@ -69,22 +69,6 @@ class CellSpec:
     tracking: TrackingSpec
     refusal: str | None  # why the cell would measure nothing (``cells.refusal``), recorded as its failure
 
-    def tags(self) -> dict[str, str]:
-        """What a new run of the cell is tagged with for the UI and the report to find it by."""
-        cfg = self.cfg
-        return {
-            "kind": "cell",
-            "study": self.tracking.study,
-            "model": cfg.model.name,
-            "norm": self.norm,
-            "batch_size": str(self.data.batch_size),
-            **({"momentum": str(cfg.norm.momentum)} if "momentum" in cfg.norm else {}),
-            "lr": str(cfg.optimizer.lr),
-            "seed": str(self.seed),
-            "config_fingerprint": self.fingerprint,
-            **cells.presentation_tags(cfg),
-        }
-
 
 def read_cell(cfg: DictConfig) -> CellSpec:
     """The cell ``cfg`` describes (its ``tracking.uri`` resolved), or ConfigError / DataError in

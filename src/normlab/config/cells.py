@@ -1,9 +1,9 @@
 """What a cell of a study is: its canonical config, its identity, its names, and cells we refuse.
 
 - ``fingerprint``: what a run computes, the resolved config less where it is recorded and how it
-  is presented. Resume and skip find a cell's runs by it (``normlab.resume``).
+  is presented. Resume and skip find a cell's runs by it (``normlab.tracking.resume``).
 - ``setup_name`` and the seed: what a results table counts. One run per (setup, seed), the
-  newest finished one (``normlab.report``): after a config change the setup's new runs replace
+  newest finished one (``normlab.report.page``): after a config change the setup's new runs replace
   its old ones instead of adding seeds.
 - ``run_name``: how the UI's run list tells cells apart.
 """
@@ -15,6 +15,8 @@ import hashlib
 import json
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from normlab.layers.registry import NORMS
 
 # Keys that say where results go, how they are presented or how cells are scheduled (fused or
 # alone: the same numbers), not what is computed: left out of the fingerprint, so fixing a label or
@@ -34,40 +36,43 @@ TABLE_IDENTITY = ("setup", "seed")
 
 
 def canonical(cfg: DictConfig) -> DictConfig:
-    """The cell as it trains. Ghost BN whose virtual batch holds the whole SGD batch (or is null:
-    the batch) *is* BN (the scratch layer, number for number), so it is named, fingerprinted and
-    trained as ``scratch`` (once: a sweep listing both skips the second); the virtual batch of the
-    other kinds that take one (batch renorm, EvoNorm-B0, switchable) likewise drops."""
+    """The cell as it trains. A norm whose virtual batch holds the whole SGD batch (or is null: the
+    batch) is plain batch statistics: ghost BN then *is* BN (``NormKind.whole_batch_kind``: the
+    scratch layer, number for number), so it is named, fingerprinted and trained as that kind
+    (once: a sweep listing both skips the second); the virtual batch of the other kinds that take
+    one (batch renorm, EvoNorm-B0, switchable) likewise drops."""
     norm = cfg.norm
+    whole = NORMS[norm.kind].whole_batch_kind
     virtual = norm.get("virtual_batch_size")
     if virtual is not None and virtual < cfg.data.batch_size:
         return cfg  # statistics over true virtual batches
-    if virtual is None and norm.kind != "ghost":
+    if virtual is None and whole is None:
         return cfg  # nothing virtual
 
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
-        if norm.kind == "ghost":
-            kept = {key: norm[key] for key in ("_target_", "momentum", "eps")}
-            cfg.norm = {**kept, "kind": "scratch", "affine": True}
+        if whole is not None:  # its options where the whole-batch kind takes them, else their defaults
+            options = {**NORMS[whole].defaults(), **{k: norm[k] for k in NORMS[whole].options() if k in norm}}
+            cfg.norm = {"_target_": norm._target_, **options, "kind": whole}
         else:
             cfg.norm.virtual_batch_size = None
     return cfg
 
 
+def statistics_batch(cfg: DictConfig) -> int:
+    """What the cell's norm takes its statistics over: its virtual batch where smaller, else the batch."""
+    return min(cfg.data.batch_size, cfg.norm.get("virtual_batch_size") or cfg.data.batch_size)
+
+
 def refusal(cfg: DictConfig) -> str | None:
-    """Why a cell would measure nothing, or None. Batch renorm with statistics over one sample in
-    FC layers: x - mean is 0 there, so a layer outputs weight * d + bias with d a constant for the
-    gradient; nothing below it learns, and any accuracy above chance is a random-feature model's."""
-    if cfg.norm.kind != "batch_renorm" or cfg.model.get("norm_in", "all") not in ("all", "fc"):
+    """Why a cell would measure nothing, or None: a kind whose statistics batch in FC layers is
+    below the smallest it learns from (``NormKind.refused_below``: batch renorm over one sample;
+    any accuracy above chance would be a random-feature model's)."""
+    kind = NORMS[cfg.norm.kind]
+    in_fc_layers = cfg.model.get("norm_in", "all") in ("all", "fc")
+    if kind.refused_below is None or not in_fc_layers or statistics_batch(cfg) >= kind.smallest_batch:
         return None
-    statistics_batch = min(cfg.data.batch_size, cfg.norm.get("virtual_batch_size") or cfg.data.batch_size)
-    if statistics_batch > 1:
-        return None
-    return (
-        "batch renorm over 1 sample in FC layers passes no gradient below them "
-        "(x - mean = 0; r, d are constants): the conv layers would keep their random weights"
-    )
+    return kind.refused_below
 
 
 # Options added after runs were recorded, at the value that computes what those runs computed:

@@ -108,9 +108,9 @@ class IndexBatches:
 
 class SGDCalls:
     """What each training call of the loop receives: a tuple of up to ``per_call`` consecutive SGD
-    batches of ``batches``. Lightning costs ~0.5 ms per call on a 2-core CPU, a quarter of a LeNet
-    step at batch 8; handing it several SGD batches per call pays that once per tuple, and the
-    module steps through them (same steps, same order)."""
+    batches of ``batches``. Lightning's overhead per call is a large part of a LeNet step at small
+    batches; handing it several SGD batches per call pays it once per tuple, and the module steps
+    through them (same steps, same order)."""
 
     def __init__(self, batches: IndexBatches, per_call: int) -> None:
         if per_call < 1:

@@ -35,8 +35,8 @@ class PopulationMoments:
     and variance of all values seen, not an average of per-batch statistics.
 
     By the law of total variance the population variance is the mean within-batch variance *plus*
-    the variance of the batch means; averaging per-batch variances alone (what this module did
-    before) drops the second part: 25% low on conv activations at batch 2, 6% at batch 8.
+    the variance of the batch means; averaging per-batch variances alone drops the second part,
+    which grows as the batches shrink.
     """
 
     def __init__(self) -> None:
@@ -123,8 +123,7 @@ def evaluate(
     PreciseBN's inputs and of batch-statistics evaluation depend on them); ``eval_batches``, the
     test set in batches of any size (default ``test_batches``), serves the PreciseBN copy's
     eval-mode accuracy, which is per sample: at training batch 1 the 10k test images then take 10
-    forward passes instead of 10k (a BN-LeNet's evaluation, 1 thread: 18.7 -> 15.7 s at batch 1,
-    10.1 -> 8.6 s at batch 2)."""
+    forward passes instead of 10k."""
     precise = precise_bn(net, train_batches, precise_samples)
     return {
         "val/acc_precise": accuracy(precise, test_batches if eval_batches is None else eval_batches),

@@ -13,8 +13,8 @@ Model k keeps channels ``[k*C, (k+1)*C)`` of every fused layer:
 
 Each model sees its own batch (its own data order): inputs are (K, batch, C, H, W), logits
 (K, batch, classes). Feature maps and conv weights are kept channels-last (NHWC): on CPU oneDNN's
-grouped convolutions (forward and backward) are 1.2-3x faster there at batch 2-8, and a whole fused
-step 6-21% faster at batch 1-32, where fusion is used. ``FusedLeNet`` builds the fused model from
+grouped convolutions, forward and backward, are faster in that layout at the small batches where
+fusion is used (``make bench`` measures the fused step). ``FusedLeNet`` builds the fused model from
 K LeNets (their own inits); its ``unfused`` returns model k's state dict, key for key a LeNet's.
 """
 

@@ -1,8 +1,8 @@
 """The LightningModule of a fused group (``normlab.fused``): K cells' steps as one, metrics per cell.
 
-It mirrors ``normlab.module.Classifier`` cell for cell: the same losses, accuracies, lr schedule
+It mirrors ``normlab.training.module.Classifier`` cell for cell: the same losses, accuracies, lr schedule
 and epoch metrics (same names), computed per cell; each cell keeps its own data order (its own
-``Order``), lr and norm. What Lightning logs it leaves alone: ``normlab.fused_run`` records each
+``Order``), lr and norm. What Lightning logs it leaves alone: ``normlab.fused.run`` records each
 cell's metrics into that cell's own MLflow run.
 """
 

@@ -2,7 +2,7 @@
 
 Cells fuse when they differ only in seed, lr and norm: same model, data, batch size, epochs,
 schedule and evaluation (``group_key``), a norm kind whose fused training is tested equal to
-training alone (``FUSABLE``, tests/test_fused.py) and plain SGD (``fused.FusedSGD``). ``auto``
+training alone (``NormKind.fuses``, tests/fused/test_model.py) and plain SGD (``fused.FusedSGD``). ``auto``
 fuses only at batch sizes where ``make bench`` measured a gain on the device at hand.
 """
 
@@ -16,15 +16,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from normlab.config import cells
+from normlab.layers.registry import NORMS
 
-FUSABLE = ("none", "scratch", "native", "group", "layer", "ghost")
 # What may differ within a group; everything else of the canonical config must be equal.
 PER_CELL = (*cells.NOT_FINGERPRINTED, "seed", "norm")
-# fuse=auto: the largest batch size at which fusing pays, per device. CPU (2 cores, 15 LeNets of 5 norm
-# kinds, make bench, experiments/bench/RESULTS-cpu.md; three runs): 3.0-3.9x at batch 2, 2.5-2.6x at 8,
-# 1.4-1.5x at 32 (where fusing also saves each cell's start-up), 0.6x at 256: grouped convolutions
-# are slow on CPU at large batches. GPU: a LeNet step leaves an H200 idle at any of these batch
-# sizes (HFTA: fusion pays throughout).
+# fuse=auto: the largest batch size at which fusing pays, per device. CPU: where `make bench`
+# (experiments/bench/RESULTS-cpu.md) shows the fused speed-up above 1; grouped convolutions are
+# slow on CPU at large batches. GPU: a LeNet step leaves a GPU idle at any of these batch sizes
+# (HFTA: fusion pays throughout).
 AUTO_MAX_BATCH = {"cpu": 32, "cuda": 4096}
 MAX_CELLS = 16  # per fused group: larger groups gain little more per cell, and parallel slots stay busy
 
@@ -42,11 +41,11 @@ def fusable(cfg: DictConfig) -> bool:
     """Can this cell train within a fused group at all."""
     optimizer = cfg.optimizer
     plain_sgd = optimizer.get("momentum", 0) == 0 and optimizer.get("weight_decay", 0) == 0
-    # torch's BN raises on one value per channel (batch 1 in FC layers): it would fail the group.
-    raises = cfg.norm.kind == "native" and cfg.data.batch_size == 1
+    kind = NORMS[cfg.norm.kind]
+    # A kind that raises below its smallest batch (torch's BN at one value per channel) would fail the group.
     return (
-        cfg.norm.kind in FUSABLE
-        and not raises
+        kind.fuses
+        and cells.statistics_batch(cfg) >= kind.smallest_batch
         and plain_sgd
         and str(cfg.model.get("_target_")) == "normlab.models.LeNet"
         and not cfg.model.get("weight_standardization", False)  # fused convs are plain (normlab.fused)

@@ -17,14 +17,14 @@ class NormalizeBatch(torch.autograd.Function):
     (N, C, H, W) batch, or (1, 1, C, 1, 1) for ghost BN's (groups, virtual batch, C, H, W) view,
     where the statistics (over ``dims`` = (1, 3, 4)) are per group and per channel.
 
-    Forward is d2l's formula (two passes: mean, then the mean of squared deviations; ``torch.var``
-    over (N, H, W) is ~10x slower on CPU). Backward is the BN paper's closed form (Ioffe & Szegedy
+    Forward is d2l's formula (two passes: mean, then the mean of squared deviations; faster on CPU
+    than ``torch.var`` over (N, H, W)). Backward is the BN paper's closed form (Ioffe & Szegedy
     2015, section 3), in per-channel sums over ``dims``::
 
         dx = weight / sqrt(var + eps) * (dy - mean(dy) - x_hat * mean(dy * x_hat))
 
-    Autograd's chain through mean and var allocates a dozen full-size temporaries; this one, four,
-    which makes the scratch layer ~2x faster (``make bench`` reports the step time against native).
+    Autograd's chain through mean and var allocates a dozen full-size temporaries; this one, four
+    (``make bench`` reports the scratch layer's step time against native BN's).
     Also returns the batch mean and biased variance (kept dims) for the running statistics.
     """
 

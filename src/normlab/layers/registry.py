@@ -92,6 +92,13 @@ class NormKind:
     batch_statistics: bool  # normalizes by statistics over samples of the batch: depends on its size
     running_statistics: bool  # keeps moving averages for evaluation: has a momentum, PreciseBN applies
     virtual_batches: bool = False  # may take its statistics over chunks of the batch
+    # The kind it *is* when its virtual batch holds the whole SGD batch (ghost BN is then BN).
+    whole_batch_kind: str | None = None
+    fuses: bool = False  # trains within a fused group exactly as alone (tests/fused/test_model.py)
+    # The smallest statistics batch it takes in FC layers (one value per channel): torch's BN
+    # raises below it; batch renorm passes no gradient below it (``refused_below`` says why).
+    smallest_batch: int = 1
+    refused_below: str | None = None  # why a cell below ``smallest_batch`` is refused, not trained
 
     def includes_activation(self) -> bool:
         """A normalization-activation layer (FRN + TLU, EvoNorm): the model drops its activation."""
@@ -101,16 +108,39 @@ class NormKind:
         """The keyword options of its constructor (after the channel count and ``spatial``)."""
         return list(inspect.signature(self.build).parameters)[2:]
 
+    def defaults(self) -> dict[str, object]:
+        """Its options' default values."""
+        parameters = list(inspect.signature(self.build).parameters.values())[2:]
+        return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
-# name -> constructor, family, batch statistics, running statistics (, virtual batches)
+
+# Batch renorm's r and d are constants for the gradient: over one sample x - mean is 0, so a layer
+# outputs weight * d + bias and nothing below it learns.
+_RENORM_OF_ONE = (
+    "batch renorm over 1 sample in FC layers passes no gradient below them "
+    "(x - mean = 0; r, d are constants): the conv layers would keep their random weights"
+)
+
+
+# name -> constructor, family, batch statistics, running statistics, and what else the kind is
 NORMS: dict[str, NormKind] = {
-    "none": NormKind(_identity, "none", False, False),
-    "scratch": NormKind(_scratch, "BN", True, True),
-    "native": NormKind(_native, "BN", True, True),
-    "group": NormKind(_group, "group", False, False),
-    "layer": NormKind(_layer, "layer", False, False),
-    "batch_renorm": NormKind(BatchRenorm, "batch renorm", True, True, virtual_batches=True),
-    "ghost": NormKind(GhostBatchNorm, "BN", True, True, virtual_batches=True),
+    "none": NormKind(_identity, "none", False, False, fuses=True),
+    "scratch": NormKind(_scratch, "BN", True, True, fuses=True),
+    "native": NormKind(_native, "BN", True, True, fuses=True, smallest_batch=2),
+    "group": NormKind(_group, "group", False, False, fuses=True),
+    "layer": NormKind(_layer, "layer", False, False, fuses=True),
+    "batch_renorm": NormKind(
+        BatchRenorm,
+        "batch renorm",
+        True,
+        True,
+        virtual_batches=True,
+        smallest_batch=2,
+        refused_below=_RENORM_OF_ONE,
+    ),
+    "ghost": NormKind(
+        GhostBatchNorm, "BN", True, True, virtual_batches=True, whole_batch_kind="scratch", fuses=True
+    ),
     "mean_only": NormKind(_mean_only, "mean_only", True, True),
     "variance_only": NormKind(_variance_only, "variance_only", True, True),
     "frn": NormKind(FilterResponseNorm, "FRN", False, False),

@@ -2,7 +2,7 @@
 
 Each check returns None when the study lacks the cells it needs, else a Finding whose verdict is
 "reproduced", "not reproduced" or "not measurable" (with the reason), always with the numbers and
-p-values. Differences are judged by t tests (``normlab.stats_tests``: Welch, or paired where setups
+p-values. Differences are judged by t tests (``normlab.report.statistics``: Welch, or paired where setups
 share seeds, init and data order), Holm-corrected over each finding's comparisons, at level 0.05;
 a finding that needs a setup whose last epoch still moved (``converged`` False in the summary, from
 ``normlab.convergence``) says "not measurable: not converged at ..." instead.

@@ -28,6 +28,7 @@ from normlab.report import convergence, findings, plots, walltime
 from normlab.report.statistics import prediction_interval
 from normlab.tracking import store as tracking
 from normlab.tracking.addresses import runs_page
+from normlab.tracking.names import FAILURE_TAG, KIND_TAG
 
 METRICS = ("train/loss", "train/acc", "val/acc", "val/acc_precise", "val/acc_batchstats")
 # Published figures (logged with a setup's config) and the metric each is compared with.
@@ -71,8 +72,8 @@ def load_runs(study: str, uri: str) -> pd.DataFrame:
     if experiment is None:
         raise ReportError(f"no MLflow experiment {study!r} in {uri}; run: make sweep EXP={study}")
     runs = _frame(tracking.all_runs(client, experiment.experiment_id))
-    if "tags.kind" in runs:  # parent runs of sweeps and summary runs carry no training
-        runs = runs[~runs["tags.kind"].isin(["summary", "sweep"])]
+    if f"tags.{KIND_TAG}" in runs:  # parent runs of sweeps and summary runs carry no training
+        runs = runs[~runs[f"tags.{KIND_TAG}"].isin(["summary", "sweep"])]
     if runs.empty:
         raise ReportError(f"experiment {study!r} has no runs yet; run: make sweep EXP={study}")
     return latest_per_cell(runs).reset_index(drop=True)
@@ -142,8 +143,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "n": len(finished),
             "failed": len(failed),
             "diverged": int((final_loss > DIVERGED_LOSS).sum())
-            + int(_column(failed, "tags.failure").astype(str).str.startswith("Diverged").sum()),
-            "failure": "; ".join(sorted(set(_column(failed, "tags.failure").dropna().astype(str)))),
+            + int(_column(failed, f"tags.{FAILURE_TAG}").astype(str).str.startswith("Diverged").sum()),
+            "failure": "; ".join(sorted(set(_column(failed, f"tags.{FAILURE_TAG}").dropna().astype(str)))),
             "seeds": ",".join(sorted(finished["tags.seed"].astype(str), key=int)),
             "parameters": pd.to_numeric(_column(group, "tags.parameters"), errors="coerce").max(),
             "statistics_batch": _statistics_batch(group.iloc[0]),
@@ -410,7 +411,7 @@ def log_summary_run(study: str, uri: str, paths: list[Path]) -> None:
     experiment = client.get_experiment_by_name(study)
     sweeps = client.search_runs(
         [experiment.experiment_id],
-        filter_string="tags.kind = 'sweep'",
+        filter_string=f"tags.{KIND_TAG} = 'sweep'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -418,9 +419,9 @@ def log_summary_run(study: str, uri: str, paths: list[Path]) -> None:
         for path in paths:
             client.log_artifact(sweeps[0].info.run_id, str(path), artifact_path="results")
         return
-    for old in client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'summary'"):
+    for old in client.search_runs([experiment.experiment_id], filter_string=f"tags.{KIND_TAG} = 'summary'"):
         client.delete_run(old.info.run_id)
-    run = client.create_run(experiment.experiment_id, run_name=f"{study}-summary", tags={"kind": "summary"})
+    run = client.create_run(experiment.experiment_id, run_name=f"{study}-summary", tags={KIND_TAG: "summary"})
     for path in paths:
         client.log_artifact(run.info.run_id, str(path))
     client.set_terminated(run.info.run_id, "FINISHED")

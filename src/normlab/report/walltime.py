@@ -13,7 +13,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from normlab.tracking import store as tracking
-from normlab.tracking.names import FUSED_WITH_TAG, PARENT_TAG
+from normlab.tracking.names import FINGERPRINT_TAG, FUSED_WITH_TAG, KIND_TAG, PARENT_TAG
 
 COMPARED = ("val/acc", "val/acc_precise", "train/loss")
 APART = 0.005  # a test-accuracy difference beyond rounding's usual reach (tests/test_fused_run.py)
@@ -22,11 +22,11 @@ APART = 0.005  # a test-accuracy difference beyond rounding's usual reach (tests
 def sweeps(runs: list[Run]) -> pd.DataFrame:
     """One row per FINISHED sweep that trained cells, oldest first: when, how long, how many cells,
     how many fused."""
-    cells = [r for r in runs if r.data.tags.get("kind") == "cell"]
+    cells = [r for r in runs if r.data.tags.get(KIND_TAG) == "cell"]
     rows = []
     for run in runs:
         info = run.info
-        if run.data.tags.get("kind") != "sweep" or info.status != "FINISHED" or not info.end_time:
+        if run.data.tags.get(KIND_TAG) != "sweep" or info.status != "FINISHED" or not info.end_time:
             continue
         trained = [c for c in cells if c.data.tags.get(PARENT_TAG) == info.run_id]
         if not trained:
@@ -50,8 +50,8 @@ def agreement(runs: list[Run]) -> tuple[pd.DataFrame, list[str]]:
     latest: dict[tuple[str, bool], Run] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
         tags = run.data.tags
-        if tags.get("kind") == "cell" and run.info.status == "FINISHED" and "config_fingerprint" in tags:
-            latest[(tags["config_fingerprint"], FUSED_WITH_TAG in tags)] = run
+        if tags.get(KIND_TAG) == "cell" and run.info.status == "FINISHED" and FINGERPRINT_TAG in tags:
+            latest[(tags[FINGERPRINT_TAG], FUSED_WITH_TAG in tags)] = run
     both = [fp for fp, fused in latest if fused and (fp, False) in latest]
     rows = []
     for metric in COMPARED:

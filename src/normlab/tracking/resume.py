@@ -23,6 +23,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from normlab.tracking import store
+from normlab.tracking.names import FAILURE_TAG, FINGERPRINT_TAG
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,13 @@ def plan_cell(
 ) -> Plan:
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.config_fingerprint = '{fingerprint}'",
+        filter_string=f"tags.{FINGERPRINT_TAG} = '{fingerprint}'",
         order_by=["attributes.start_time DESC"],
     )
     status = {run.info.run_id: run.info.status for run in runs}  # kept current, not read again
     for run in runs:
         if status[run.info.run_id] == "RUNNING" and is_orphaned(run):
-            client.set_tag(run.info.run_id, "failure", "process died (found on rerun)")
+            client.set_tag(run.info.run_id, FAILURE_TAG, "process died (found on rerun)")
             store.end_run(client, run.info.run_id, "KILLED")
             status[run.info.run_id] = "KILLED"
     finished = [run for run in runs if status[run.info.run_id] == "FINISHED"]

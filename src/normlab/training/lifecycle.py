@@ -32,7 +32,15 @@ from normlab.config.cell import CellSpec
 from normlab.config.rules import ConfigError
 from normlab.tracking import checkpoints, locks, resume, store
 from normlab.tracking.epochs import EpochRecorder
-from normlab.tracking.names import FAILURE_TAG, GRIDS_TAG, PARENT_TAG, STATUS_TAG
+from normlab.tracking.names import (
+    FAILURE_TAG,
+    FINGERPRINT_TAG,
+    GRIDS_TAG,
+    KIND_TAG,
+    PARENT_TAG,
+    SEED_TAG,
+    STATUS_TAG,
+)
 
 INTERRUPTED = "interrupted (SIGINT): rerun to resume from the last epoch"
 
@@ -175,6 +183,23 @@ class CellRun:
         return Outcome(self.cell.plan.action, metrics, self.run_id)
 
 
+def cell_tags(spec: CellSpec) -> dict[str, str]:
+    """What a new run of the cell is tagged with, for the UI and the report to find it by."""
+    cfg = spec.cfg
+    return {
+        KIND_TAG: "cell",
+        "study": spec.tracking.study,
+        "model": cfg.model.name,
+        "norm": spec.norm,
+        "batch_size": str(spec.data.batch_size),
+        **({"momentum": str(cfg.norm.momentum)} if "momentum" in cfg.norm else {}),
+        "lr": str(cfg.optimizer.lr),
+        SEED_TAG: str(spec.seed),
+        FINGERPRINT_TAG: spec.fingerprint,
+        **cells.presentation_tags(cfg),
+    }
+
+
 def start(cell: OpenCell, net: torch.nn.Module, overrides: list[str], tags: dict[str, str]) -> CellRun:
     """A new run of the cell (a stale checkpoint removed first), or its killed run reopened. A
     refused cell is recorded as FAILED with the reason, and raises RunFailed."""
@@ -196,7 +221,7 @@ def start(cell: OpenCell, net: torch.nn.Module, overrides: list[str], tags: dict
         return CellRun(cell, run_id, EpochRecorder(client, run_id, resumed=True))
     checkpoints.remove_checkpoint(spec.tracking.checkpoints, spec.fingerprint)  # a stale one must not resume
     run_tags = {
-        **spec.tags(),
+        **cell_tags(spec),
         STATUS_TAG: "running",
         "device": "pending",
         # Trainable parameters: what removing the bias before BN or fixing gamma and beta saves.

@@ -88,15 +88,15 @@ class Classifier(EpochSums):
     ``val/loss``, ``val/acc`` (eval mode: moving statistics), ``lr``, ``time/epoch_s`` (training
     pass) and ``perf/samples_per_s``.
 
-    Speed: each training call receives a tuple of SGD batches (``normlab.data.SGDCalls``) and runs
-    their steps itself (Lightning's manual optimization), so Lightning's per-call overhead is paid
-    once per tuple. The steps call the torch optimizer and ``backward`` directly (Lightning's
-    wrappers cost another 7% at batch 8, measured by ``make bench``); what those wrappers add,
-    mixed precision and multi-device strategies, is refused in ``on_fit_start`` rather than
-    silently skipped. Per-step sums stay on the device and are read once per epoch: a ``self.log``
-    per step would cost more than a step. All metrics of an
-    epoch are logged together when validation ends (Lightning validates after the last training
-    batch of every epoch), so a tracker receives one batch per epoch.
+    Speed: each training call receives a tuple of SGD batches (``normlab.data.batches.SGDCalls``)
+    and runs their steps itself (Lightning's manual optimization), so Lightning's per-call overhead
+    is paid once per tuple. The steps call the torch optimizer and ``backward`` directly
+    (Lightning's wrappers cost time per step; ``make bench`` compares the platform with a plain
+    loop); what those wrappers add, mixed precision and multi-device strategies, is refused in
+    ``on_fit_start`` rather than silently skipped. Per-step sums stay on the device and are read
+    once per epoch: a ``self.log`` per step would cost more than a step. All metrics of an epoch
+    are logged together when validation ends (Lightning validates after the last training batch of
+    every epoch), so a tracker receives one batch per epoch.
     """
 
     def __init__(
