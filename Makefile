@@ -44,8 +44,8 @@ rerun: venv ## train a recorded run again (RUN_ID=<id> from the UI) and compare 
 	@[ -n "$(RUN_ID)" ] || { echo "usage: make rerun RUN_ID=<run id>  (the run's page in the UI shows it)"; exit 2; }
 	$(PY) -m normlab.rerun $(RUN_ID)
 
-test: venv data browser lint ## ruff, then the test suite (~14 minutes on 2 cores)
-	$(PY) -m pytest -q
+test: venv data browser lint ## ruff and the import contract, then the test suite in 2 processes
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: venv data ## speed ratios (median of 5 repeats): platform vs a plain loop, scratch vs native BN, logging, 1 vs N jobs, fused training (~31 min)
 	$(PY) -m normlab.bench $(ARGS)

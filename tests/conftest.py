@@ -1,7 +1,7 @@
 """Shared fixtures: the real config, composed, and a temporary store; no test writes into the
 checkout (checkpoints, claims and the default store go to a temporary folder)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,15 +11,17 @@ from normlab.config import compose
 from normlab.config.paths import CHECKPOINTS_ENV_VAR
 
 
-@pytest.fixture(autouse=True)
-def outputs_outside_the_checkout(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Checkpoints and claims (``checkpoint_dir=null``) and the default store (no
-    ``MLFLOW_TRACKING_URI``) of every test, and of the processes it starts, in a temporary folder."""
+@pytest.fixture(autouse=True, scope="session")
+def outputs_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For the whole session (module fixtures included), and the processes it starts: checkpoints
+    and claims (``checkpoint_dir=null``), the default store (no ``MLFLOW_TRACKING_URI``) and the
+    working folder (MLflow's default artifact root is ``./mlruns``) in a temporary folder."""
     folder = tmp_path_factory.mktemp("outputs")
-    monkeypatch.setenv(CHECKPOINTS_ENV_VAR, str(folder / "checkpoints"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CHECKPOINTS_ENV_VAR, str(folder / "checkpoints"))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        patch.chdir(folder)
+        yield
 
 
 @pytest.fixture

@@ -45,6 +45,10 @@ def _kill_after_a_checkpoint(process: subprocess.Popen, checkpoints: Path, newer
     pytest.fail(f"no checkpoint appeared before the sweep ended (exit {process.poll()})")
 
 
+def _history(store: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(store).get_metric_history(run_id, key))
+
+
 def _runs(store: str) -> list:
     return cell_runs(store, "kill_test")
 
@@ -76,6 +80,11 @@ def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path,
         finished = next(r for r in cell if r.info.status == "FINISHED")
         for key in COMPARED:
             assert finished.data.metrics[key] == expected[norm].data.metrics[key], (norm, key)
+        # every epoch recorded once, equal to the uninterrupted run's, whenever the kills came
+        for key in COMPARED:
+            ours = _history(killed_store, finished.info.run_id, key)
+            assert ours == _history(reference_store, expected[norm].info.run_id, key), (norm, key)
+            assert len({step for step, _ in ours}) == len(ours), (norm, key, ours)
     assert not list(checkpoints.glob("*/*.ckpt"))  # removed once their runs finished
     assert all((FUSED_WITH_TAG in r.data.tags) == (fuse == "true") for r in killed)
     # The two killed sweeps' parent runs were closed by the final one; resumed runs keep no stale failure.

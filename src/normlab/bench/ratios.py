@@ -350,7 +350,7 @@ def write_report(path: Path, lines: list[str], command: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m normlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per measured run (first is warm-up)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of every ratio")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the 1-vs-N-jobs sweep")
