@@ -45,7 +45,7 @@ rerun: venv ## train a recorded run again (RUN_ID=<id> from the UI) and compare 
 	$(PY) -m normlab.rerun $(RUN_ID)
 
 test: venv data browser lint ## ruff and the import contract, then the test suite in 2 processes
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: venv data ## speed ratios (median of 5 repeats): platform vs a plain loop, scratch vs native BN, logging, 1 vs N jobs, fused training (~31 min)
 	$(PY) -m normlab.bench $(ARGS)

@@ -29,3 +29,16 @@ def cell_runs(store: str, study: str) -> list:
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name(study).experiment_id
     return client.search_runs([experiment], filter_string="tags.kind = 'cell'")
+
+
+def log_epochs(store: str, run_id: str, epochs: int) -> None:
+    """A writer process of the concurrency test: ``epochs`` epochs of 7 metrics, then FINISHED (here,
+    not in the test module: a spawned process imports this module, and it loads no Lightning)."""
+    from normlab.tracking import store as tracking
+    from normlab.tracking.epochs import EpochRecorder
+
+    client = MlflowClient(store)
+    recorder = EpochRecorder(client, run_id, resumed=False)
+    for epoch in range(epochs):
+        recorder.log({f"m{i}": epoch + i / 10 for i in range(7)}, epoch + 1)
+    tracking.end_run(client, run_id, "FINISHED")

@@ -24,6 +24,8 @@ from normlab.config.paths import PROJECT_ROOT
 from normlab.report import page as report
 from tests.helpers import cell_runs, run_sweep
 
+pytestmark = pytest.mark.xdist_group("ui")  # one process: its module fixtures sweep once
+
 STUDY = "ui_test"
 NAMES = ("none-bs256-lr0.9-s0", "scratch-bs256-m0.1-lr0.9-s0")  # no norm, no running statistics: no momentum
 EPOCHS = 3

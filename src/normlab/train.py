@@ -20,11 +20,9 @@ from normlab.config import cells
 from normlab.config.paths import CONF_DIR
 from normlab.config.rules import ConfigError
 from normlab.data.fashion_mnist import DataError
-from normlab.fused.run import fit_group
 from normlab.tracking.names import PARENT_TAG
 from normlab.tracking.store import StoreError
 from normlab.training.lifecycle import Interrupted, RunFailed
-from normlab.training.solo import fit
 
 
 def fused_group(job_dir: Path, group_file: str, tags: dict[str, str]) -> float:
@@ -39,6 +37,8 @@ def fused_group(job_dir: Path, group_file: str, tags: dict[str, str]) -> float:
         cfgs.append(cell_cfg)
         overrides.append(list(entry.overrides))
     names = [cells.run_name(cells.canonical(cfg)) for cfg in cfgs]
+    from normlab.fused.run import fit_group  # Lightning: imported where a cell trains (see ``main``)
+
     try:
         results = fit_group(cfgs, overrides, tags)
     except (DataError, ConfigError, StoreError) as error:
@@ -67,6 +67,10 @@ def main(cfg: DictConfig) -> float:
         return fused_group(job_dir, cfg.fuse_group, tags)
     cfg.tracking.uri = config.tracking_uri(cfg.tracking.uri)  # resolved once, here, for the whole run
     cell = cells.run_name(cells.canonical(cfg))
+    # Lightning (3 of a process's 7 s of imports) loads only where a cell trains: a refusal of bad
+    # input, and the sweep's launching process, answer without it.
+    from normlab.training.solo import fit
+
     try:
         outcome = fit(cfg, list(hydra_config.overrides.task), tags)
     except (DataError, ConfigError, StoreError, RunFailed) as error:

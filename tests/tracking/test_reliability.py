@@ -13,13 +13,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from normlab.tracking import store as tracking
-from normlab.tracking.epochs import EpochRecorder
 from normlab.tracking.names import FUSED_WITH_TAG
 from normlab.training.solo import fit
-from tests.helpers import QUICK, cell_runs, run_sweep
+from tests.helpers import QUICK, cell_runs, log_epochs, run_sweep
 
-CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=3072", "data.batch_size=32",
-         "trainer.max_epochs=6", "trainer.accelerator=cpu", "eval.precise_samples=320",
+CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=1536", "data.batch_size=32",
+         "trainer.max_epochs=4", "trainer.accelerator=cpu", "eval.precise_samples=320",
          "hydra.launcher.cpu_jobs=2"]  # fmt: skip
 COMPARED = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats")
 
@@ -95,21 +94,13 @@ def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path,
     assert all("failure" not in r.data.tags for r in killed if r.info.status == "FINISHED")
 
 
-def _log_epochs(store: str, run_id: str, epochs: int) -> None:
-    client = MlflowClient(store)
-    recorder = EpochRecorder(client, run_id, resumed=False)
-    for epoch in range(epochs):
-        recorder.log({f"m{i}": epoch + i / 10 for i in range(7)}, epoch + 1)
-    tracking.end_run(client, run_id, "FINISHED")
-
-
 @pytest.mark.slow
 def test_eight_writers_to_one_sqlite_store_lose_nothing(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client, experiment = tracking.open_store(store, "concurrency")  # created once, before the writers
     run_ids = [client.create_run(experiment).info.run_id for _ in range(8)]
     context = mp.get_context("spawn")
-    writers = [context.Process(target=_log_epochs, args=(store, run_id, 40)) for run_id in run_ids]
+    writers = [context.Process(target=log_epochs, args=(store, run_id, 40)) for run_id in run_ids]
     for writer in writers:
         writer.start()
     for writer in writers:

@@ -5,17 +5,16 @@ after an epoch's metrics reached MLflow but before its checkpoint was written wo
 a second time (and a fused group resumed at a common epoch, more), which a report reads as one
 more seed. ``EpochRecorder`` asks MLflow, when a run is reopened, how far each metric got, and
 logs only what is new; the values it skips are the ones it would log again (resume is exact).
+Solo cells log through it from Lightning (``normlab.training.logger.EpochLogger``), fused ones
+directly (``normlab.fused.run``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from pytorch_lightning.loggers import Logger
-from pytorch_lightning.utilities import rank_zero_only
 
 SYSTEM_PREFIX = "system/"  # MLflow's system-metrics monitor keeps its own steps
 
@@ -42,35 +41,3 @@ class EpochRecorder:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(key, v, now, step) for key, v in new.items()])
         self.recorded.update(dict.fromkeys(new, step))
-
-
-class EpochLogger(Logger):
-    """Lightning's logger interface over an ``EpochRecorder``: metrics at step = epoch number.
-
-    Lightning logs epoch metrics at the global step, which differs between batch sizes, so curves
-    of different runs would not overlay; it adds ``epoch`` (0-based) to every epoch-level metrics
-    dict, which becomes the step (+1) and is not logged. Params, tags and the run's status are
-    normlab's to record (``normlab.tracking.store``), not the logger's.
-    """
-
-    def __init__(self, recorder: EpochRecorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self.recorder.run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the resolved config is the run's params already
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        metrics = dict(metrics)
-        epoch = metrics.pop("epoch", None)
-        self.recorder.log(metrics, step=int(step or 0) if epoch is None else int(epoch) + 1)

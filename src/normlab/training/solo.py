@@ -15,12 +15,12 @@ from normlab.config.cell import CellSpec, read_cell
 from normlab.data.batches import SGDCalls
 from normlab.layers.registry import NORMS
 from normlab.tracking import checkpoints
-from normlab.tracking.epochs import EpochLogger
 from normlab.training import lifecycle
 from normlab.training.callbacks import EpochCheckpoint, Evaluations
 from normlab.training.inputs import load_inputs, make_trainer, quiet_libraries, seeded_net
 from normlab.training.interrupt import SafeInterrupt
 from normlab.training.lifecycle import CellRun, Outcome, RunFailed
+from normlab.training.logger import EpochLogger
 from normlab.training.module import Classifier
 from normlab.training.progress import EpochProgress
 
