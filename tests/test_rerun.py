@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from normlab.config.paths import PROJECT_ROOT
@@ -17,6 +18,7 @@ def _rerun(arguments: list[str], store: str) -> subprocess.CompletedProcess:
     return subprocess.run(arguments, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_rerun_reproduces_the_final_metrics_on_cpu(compose_config, store: str, tmp_path: Path) -> None:
     overrides = [*QUICK, "norm=scratch", "seed=5", "eval.precise_samples=256"]
     original = fit(compose_config([*overrides, f"tracking.uri={store}"]), overrides)

@@ -24,7 +24,8 @@ from normlab.config.paths import PROJECT_ROOT
 from normlab.report import page as report
 from tests.helpers import cell_runs, run_sweep
 
-pytestmark = pytest.mark.xdist_group("ui")  # one process: its module fixtures sweep once
+# One process runs this module (its module fixtures sweep once); slow: a sweep, a server, a browser.
+pytestmark = [pytest.mark.xdist_group("ui"), pytest.mark.slow]
 
 STUDY = "ui_test"
 NAMES = ("none-bs256-lr0.9-s0", "scratch-bs256-m0.1-lr0.9-s0")  # no norm, no running statistics: no momentum
