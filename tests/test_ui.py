@@ -24,6 +24,7 @@ from normlab.config.paths import PROJECT_ROOT
 from normlab.report import page as report
 from tests.helpers import cell_runs, run_sweep
 
+LOADING = ".ag-overlay-loading-wrapper"  # the runs table reloading: it takes clicks until it is gone
 # One process runs this module (its module fixtures sweep once); slow: a sweep, a server, a browser.
 pytestmark = [pytest.mark.xdist_group("ui"), pytest.mark.slow]
 
@@ -166,7 +167,9 @@ def test_browser_newcomer_lands_on_runs_and_groups_seeds_by_setup(
         search = browser.find_element(By.CSS_SELECTOR, "input[placeholder*='metrics.']")
         search.send_keys("tags.kind = 'cell'", Keys.ENTER)  # the sweep's parent run has no setup
         wait.until(lambda b: "searchFilter=tags.kind" in b.current_url)
-        browser.find_element(By.XPATH, "//button[normalize-space(.) = 'Group by']").click()
+        wait.until(shown.invisibility_of_element_located((By.CSS_SELECTOR, LOADING)))
+        group_by = (By.XPATH, "//button[normalize-space(.) = 'Group by']")
+        wait.until(shown.element_to_be_clickable(group_by)).click()
         setup_tag = (By.XPATH, "//*[@role='menuitemcheckbox'][normalize-space(.) = 'setup']")
         wait.until(shown.element_to_be_clickable(setup_tag)).click()
         browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
@@ -230,7 +233,10 @@ def test_browser_compares_two_runs_and_charts_val_acc(
         wait.until(lambda b: "searchFilter=tags.kind" in b.current_url)
         # The children sit under their sweep's parent run: expand it.
         parent_row = f"[row-id='{parent.info.run_id}']"
-        browser.find_element(By.CSS_SELECTOR, f".ag-pinned-left-cols-container {parent_row} button").click()
+        # The filtered table reloads under a loading overlay, which takes clicks until it is gone.
+        wait.until(shown.invisibility_of_element_located((By.CSS_SELECTOR, LOADING)))
+        expand = (By.CSS_SELECTOR, f".ag-pinned-left-cols-container {parent_row} button")
+        wait.until(shown.element_to_be_clickable(expand)).click()
         run_ids = []
         for name in NAMES:
             anchor = wait.until(shown.visibility_of_element_located(link(name)))
