@@ -71,4 +71,4 @@ screenshots: venv data browser ## rerun the UI browser test, keeping its screens
 	NORMLAB_SCREENSHOTS=$(CURDIR)/docs $(PY) -m pytest -q tests/test_ui.py -k browser
 
 clean: ## remove Hydra outputs (keeps .venv and mlflow.db)
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache .import_linter_cache
