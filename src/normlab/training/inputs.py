@@ -18,6 +18,7 @@ from normlab.config.rules import ConfigError
 from normlab.data.batches import PRECISE_BN_SAMPLE, IndexBatches
 from normlab.data.fashion_mnist import Split, load
 from normlab.evaluation.precise_bn import AfterTraining
+from normlab.training.lifecycle import first_line
 
 # Our epoch lines replace Lightning's per-step bar; no checkpoints or summaries in the hot path.
 QUIET_TRAINER = dict(
@@ -43,8 +44,7 @@ def make_trainer(spec: CellSpec, max_epochs: int | None = None) -> pl.Trainer:
     try:
         return pl.Trainer(**settings, logger=False, **QUIET_TRAINER)
     except (MisconfigurationException, ValueError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"trainer={dict(spec.cfg.trainer)} cannot run here: {first}") from None
+        raise ConfigError(f"trainer={dict(spec.cfg.trainer)} cannot run here: {first_line(error)}") from None
 
 
 def build_net(cfg: DictConfig) -> torch.nn.Module:
