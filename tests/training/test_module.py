@@ -6,6 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from normlab.config.budgets import LrSchedule
 from normlab.data.batches import IndexBatches, SGDCalls
 from normlab.data.fashion_mnist import Split
 from normlab.layers.registry import norm_factory
@@ -23,7 +24,7 @@ def _train(per_call: int, batch_size: int = 8, warmup_steps: int = 0) -> dict[st
     module = Classifier(
         LeNet(norm_factory("scratch")),
         partial(torch.optim.SGD, lr=0.5),
-        warmup_steps=warmup_steps,
+        schedule=LrSchedule("constant", warmup_steps=warmup_steps, total_steps=0),
     )
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
     batches = IndexBatches(split, batch_size, shuffle=True, seed=0, drop_single_tail=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from normlab.config import cells, paths, rules
+from normlab.config.budgets import Budget, LrSchedule, ladder, ladder_epochs, whole_epochs
 from normlab.data import fashion_mnist
 
 
@@ -32,19 +33,36 @@ class DataSpec:
     def batches_per_call(self) -> int:
         return max(1, self.samples_per_call // self.batch_size)
 
+    @property
+    def samples_per_epoch(self) -> int:
+        """Training samples an epoch visits (a last batch of one sample is dropped: ``IndexBatches``)."""
+        size = self.train_subset or fashion_mnist.TRAIN_SIZE
+        return size - 1 if self.batch_size > 1 and size % self.batch_size == 1 else size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.samples_per_epoch // self.batch_size)
+
 
 @dataclass(frozen=True)
 class Schedule:
-    epochs: int
+    epochs: int  # the largest budget: trainer.max_epochs, raised to budget.min_steps and whole ladder epochs
     lr: float  # the lr the cell trains at (``rules.effective_lr``: scaled where lr_scaling=linear)
     warmup_samples: int
-    cosine: bool  # a half-cosine decay to 0 by the last step of the last epoch
+    shape: str  # constant, cosine or wsd (``normlab.config.budgets``)
+    ladder: tuple[int, ...]  # the budgets in epochs, smallest first; the last is ``epochs``
+    cooldown: float  # wsd: the decay's share of each budget
 
     def warmup_steps(self, batch_size: int) -> int:
         return -(-self.warmup_samples // batch_size)
 
-    def cosine_steps(self, steps_per_epoch: int) -> int:
-        return self.epochs * steps_per_epoch if self.cosine else 0
+    def lr_schedule(self, data: DataSpec) -> LrSchedule:
+        """The schedule of the largest budget (a branch takes ``for_budget`` of its own)."""
+        total = self.epochs * data.steps_per_epoch
+        return LrSchedule(self.shape, self.warmup_steps(data.batch_size), total, self.cooldown)
+
+    def budgets(self, data: DataSpec) -> list[Budget]:
+        return ladder(self.lr_schedule(data), self.ladder, data.steps_per_epoch, data.samples_per_epoch)
 
 
 @dataclass(frozen=True)
@@ -79,27 +97,23 @@ def read_cell(cfg: DictConfig) -> CellSpec:
     fashion_mnist.check_root(cfg.data.root)
     cfg = cells.canonical(cfg)
     data = cfg.data
+    data_spec = DataSpec(
+        data.root,
+        bool(data.download),
+        data.train_subset,
+        int(data.batch_size),
+        int(data.eval_batch_size),
+        int(data.samples_per_call),
+        int(cfg.eval.precise_samples),
+    )
     return CellSpec(
         cfg=cfg,
         name=cells.run_name(cfg),
         fingerprint=cells.fingerprint(cfg),
         seed=int(cfg.seed),
         norm=str(cfg.norm.kind),
-        data=DataSpec(
-            data.root,
-            bool(data.download),
-            data.train_subset,
-            int(data.batch_size),
-            int(data.eval_batch_size),
-            int(data.samples_per_call),
-            int(cfg.eval.precise_samples),
-        ),
-        schedule=Schedule(
-            int(cfg.trainer.max_epochs),
-            rules.effective_lr(cfg),
-            int(cfg.warmup_samples),
-            cfg.lr_schedule == "cosine",
-        ),
+        data=data_spec,
+        schedule=read_schedule(cfg, data_spec),
         tracking=TrackingSpec(
             str(cfg.tracking.uri),
             str(cfg.study),
@@ -110,3 +124,36 @@ def read_cell(cfg: DictConfig) -> CellSpec:
         ),
         refusal=cells.refusal(cfg),
     )
+
+
+def read_schedule(cfg: DictConfig, data: DataSpec) -> Schedule:
+    """The cell's schedule and ladder. Its epochs: ``trainer.max_epochs``, raised so that the
+    largest budget has ``budget.min_steps`` SGD steps and every ladder fraction is a whole number
+    of epochs. ConfigError where a ladder needs the wsd schedule or a budget's decay would start
+    inside the warm-up."""
+    budget = cfg.get("budget") or {}
+    fractions = tuple(float(f) for f in budget.get("ladder", [1.0]))
+    shape = str(cfg.lr_schedule)
+    if len(set(fractions) | {1.0}) > 1 and shape != "wsd":
+        raise rules.ConfigError(
+            f"budget.ladder={list(fractions)} needs lr_schedule=wsd (a branch decays from the constant lr)"
+        )
+    min_epochs = -(-int(budget.get("min_steps", 0)) // data.steps_per_epoch)
+    epochs = whole_epochs(fractions, max(int(cfg.trainer.max_epochs), min_epochs))
+    schedule = Schedule(
+        epochs,
+        rules.effective_lr(cfg),
+        int(cfg.warmup_samples),
+        shape,
+        tuple(ladder_epochs((*fractions, 1.0), epochs)),
+        float(budget.get("cooldown", 0.2)),
+    )
+    warmup = schedule.warmup_steps(data.batch_size)
+    smallest = schedule.budgets(data)[0]
+    if shape == "wsd" and smallest.fork_step < warmup:
+        raise rules.ConfigError(
+            f"the smallest budget ({smallest.epochs} epochs, {smallest.steps} steps) would start its decay "
+            f"at step {smallest.fork_step}, inside the warm-up ({warmup} steps): raise trainer.max_epochs "
+            "or lower warmup_samples"
+        )
+    return schedule

@@ -77,7 +77,12 @@ def refusal(cfg: DictConfig) -> str | None:
 
 # Options added after runs were recorded, at the value that computes what those runs computed:
 # left out of the fingerprint there, so adding an option retrains nothing.
-ADDED_AT_NEUTRAL = {("model", "weight_standardization"): False}
+ADDED_AT_NEUTRAL = {
+    ("model", "weight_standardization"): False,
+    ("budget", "ladder"): [1.0],  # one budget: the run's own end
+    ("budget", "cooldown"): 0.2,  # read by lr_schedule=wsd only, which came with it
+    ("budget", "min_steps"): 0,
+}
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -88,6 +93,8 @@ def fingerprint(cfg: DictConfig) -> str:
     for (section, option), neutral in ADDED_AT_NEUTRAL.items():
         if section in resolved and resolved[section].get(option, neutral) == neutral:
             resolved[section].pop(option, None)
+            if not resolved[section]:
+                del resolved[section]
     kept = {key: value for key, value in resolved.items() if key not in NOT_FINGERPRINTED}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normlab.data.fashion_mnist import TRAIN_SIZE
 from normlab.layers.registry import NORMS
@@ -54,7 +54,15 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
     "warmup_samples": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
-    "lr_schedule": ("constant or cosine", lambda v: v in ("constant", "cosine")),
+    "lr_schedule": ("constant, cosine or wsd", lambda v: v in ("constant", "cosine", "wsd")),
+    "budget.ladder": (
+        "a list of fractions in (0, 1] of the largest budget, e.g. [0.25, 0.5, 1.0]",
+        lambda v: isinstance(v, ListConfig) and len(v) > 0 and all(_number(f) and 0 < f <= 1 for f in v),
+    ),
+    "budget.cooldown": (
+        "a number in (0, 1): the decay's share of a budget", lambda v: _number(v) and 0 < v < 1
+    ),
+    "budget.min_steps": ("an integer >= 0 (SGD steps)", lambda v: _integer(v) and v >= 0),
     "eval.precise_samples": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     # Seeds weights (torch takes < 2**32 via Lightning) and the SeedSequence of the data orders (>= 0).
     "seed": ("an integer in 0..4294967295", lambda v: _integer(v) and 0 <= v < 2**32),

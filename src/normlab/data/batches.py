@@ -106,6 +106,25 @@ class IndexBatches:
             yield tuple(zip(images.split(self.batch_size), labels.split(self.batch_size), strict=True))
 
 
+    def steps(self, first: int, count: int) -> Iterator[Batch]:
+        """The batches of SGD steps ``first`` .. ``first + count - 1`` of the run these batches
+        train (step s is batch s % len(self) of epoch s // len(self)), drawn from orders of their
+        own: the passes the loop iterates are not advanced. What a budget's branch trains on."""
+        images, labels = self.split.images, self.split.labels
+        step, end = first, first + count
+        while step < end:
+            epoch, position = divmod(step, len(self))
+            order = Order(self.size, self.sampler.shuffle, self.sampler.seed, self.sampler.stream)
+            order.set_epoch(epoch)
+            permutation = order.next_pass(len(labels), labels.device)
+            last = min(len(self), position + end - step)
+            for batch in range(position, last):
+                window = slice(batch * self.batch_size, min((batch + 1) * self.batch_size, self.size))
+                index = window if permutation is None else permutation[window]
+                yield images[index], labels[index]
+            step += last - position
+
+
 class SGDCalls:
     """What each training call of the loop receives: a tuple of up to ``per_call`` consecutive SGD
     batches of ``batches``. Lightning's overhead per call is a large part of a LeNet step at small

@@ -8,15 +8,16 @@ cell's metrics into that cell's own MLflow run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normlab.config.budgets import LrSchedule
 from normlab.data.batches import Batch, IndexBatches
 from normlab.fused.model import FusedLeNet, FusedSGD
-from normlab.training.module import EpochSums, divergence, lr_factor
+from normlab.training.module import CONSTANT, EpochSums, divergence
 
 
 class FusedEpochs:
@@ -53,6 +54,22 @@ class FusedCalls:
             )
 
 
+def cell_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each cell's mean loss over its batch: ``logits`` (K, batch, classes), ``labels`` (K, batch)."""
+    k, batch, classes = logits.shape
+    each = F.cross_entropy(logits.reshape(k * batch, classes), labels.reshape(-1), reduction="none")
+    return each.view(k, batch).mean(dim=1)
+
+
+def fused_step(losses: torch.Tensor, alive: Sequence[bool], sgd: FusedSGD, factor: float) -> None:
+    """One SGD step of every live cell (a trunk and its branches step alike): each cell's gradient
+    is its own; a masked (diverged) one gets none."""
+    sgd.zero_grad()
+    live = losses if all(alive) else losses[torch.tensor(alive, device=losses.device)]
+    live.sum().backward()
+    sgd.step(factor)
+
+
 class FusedClassifier(EpochSums):
     """Trains a ``FusedLeNet`` of K cells: model k with lr ``lrs[k]`` (times the shared warm-up
     and cosine schedule), starting at step ``first_step`` (a resumed group). After each epoch
@@ -68,10 +85,10 @@ class FusedClassifier(EpochSums):
         model: FusedLeNet,
         nets: Sequence[nn.Module],
         lrs: Sequence[float],
-        warmup_steps: int = 0,
-        cosine_steps: int = 0,
+        schedule: LrSchedule = CONSTANT,
         first_step: int = 0,
         epoch_offset: int = 0,
+        after_step: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(sums_shape=(model.k, 2))
         self.automatic_optimization = False
@@ -79,8 +96,9 @@ class FusedClassifier(EpochSums):
         self.nets = list(nets)  # the cells' own nets (not submodules): validation loads and tests them
         self.base_lrs = torch.tensor(lrs, dtype=torch.float64)
         self.alive = [True] * model.k
-        self.warmup_steps, self.cosine_steps = warmup_steps, cosine_steps
+        self.schedule = schedule
         self.steps = first_step
+        self.after_step = after_step  # called with the number of steps taken (a budget's fork: ``branches``)
         self.epoch_offset = epoch_offset
         self.epoch_metrics: list[dict[str, float] | None] = [None] * model.k
         self.diverged: dict[int, str] = {}  # cells whose loss turned NaN this epoch: why
@@ -98,9 +116,8 @@ class FusedClassifier(EpochSums):
     def _record(self, logits: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
         """Each cell's mean loss over its batch, summed with its accuracy into the epoch's sums.
         ``logits`` (K, batch, classes), ``labels`` (K, batch)."""
-        k, batch, classes = logits.shape
-        each = F.cross_entropy(logits.reshape(k * batch, classes), labels.reshape(-1), reduction="none")
-        losses = each.view(k, batch).mean(dim=1)
+        losses = cell_losses(logits, labels)
+        batch = labels.shape[1]
         with torch.no_grad():
             sums = self._sums[stage]
             sums[:, 0].add_(losses.detach(), alpha=batch)
@@ -109,14 +126,12 @@ class FusedClassifier(EpochSums):
         return losses
 
     def training_step(self, steps: tuple[Batch, ...], batch_idx: int) -> None:
-        mask = None if all(self.alive) else torch.tensor(self.alive, device=self.device)
         for images, labels in steps:
             losses = self._record(self.model(images), labels, "train")
-            self.sgd.zero_grad()
-            live = losses if mask is None else losses[mask]
-            live.sum().backward()  # each cell's gradient is its own; a masked one gets none
-            self.sgd.step(lr_factor(self.steps, self.warmup_steps, self.cosine_steps))
+            fused_step(losses, self.alive, self.sgd, self.schedule.factor(self.steps))
             self.steps += 1
+            if self.after_step is not None:
+                self.after_step(self.steps)
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
@@ -137,7 +152,7 @@ class FusedClassifier(EpochSums):
         self.diverged = {}
         sums = {stage: self._sums[stage].tolist() for stage in ("train", "val")}
         epoch = self.epoch_offset + self.current_epoch + 1
-        lrs_now = (self.base_lrs * lr_factor(self.steps, self.warmup_steps, self.cosine_steps)).tolist()
+        lrs_now = (self.base_lrs * self.schedule.factor(self.steps)).tolist()
         for k in range(self.model.k):
             if not self.alive[k]:
                 self.epoch_metrics[k] = None

@@ -12,6 +12,7 @@ and is finished. Killed, every cell resumes from its checkpoint.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -22,13 +23,16 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from normlab.config.budgets import Budget
 from normlab.config.cell import CellSpec, read_cell
+from normlab.evaluation.annealed import every_mode
+from normlab.fused.branch import fused_branch
 from normlab.fused.model import FusedLeNet
 from normlab.fused.module import FusedCalls, FusedClassifier
-from normlab.layers.registry import NORMS
 from normlab.tracking import checkpoints
-from normlab.tracking.names import FUSED_WITH_TAG, VAL_ACC
+from normlab.tracking.names import FUSED_WITH_TAG, VAL_ACC, VAL_ACC_BATCHSTATS, VAL_ACC_PRECISE
 from normlab.training import lifecycle
+from normlab.training.branches import Forks, has_budget, record_budget
 from normlab.training.inputs import load_inputs, make_trainer, quiet_libraries, seeded_net
 from normlab.training.interrupt import SafeInterrupt
 from normlab.training.lifecycle import CellRun, Outcome, RunFailed, say
@@ -140,14 +144,30 @@ def _train(members: list[Member], spec: CellSpec) -> dict[int, Result]:
     inputs = load_inputs(spec.data, device)
     sgd = [inputs.sgd_batches(m.spec.seed) for m in members]
     nets = [m.net for m in members]
+    budgets = spec.schedule.budgets(spec.data)
     module = FusedClassifier(
         FusedLeNet(nets),
         nets,
         lrs=[m.spec.schedule.lr for m in members],
-        warmup_steps=spec.schedule.warmup_steps(spec.data.batch_size),
-        cosine_steps=spec.schedule.cosine_steps(len(sgd[0])),
+        schedule=spec.schedule.lr_schedule(spec.data),
         first_step=first.steps_done,
         epoch_offset=first.epochs_done,
+    )
+
+    def evaluate(member: Member, net: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The cell in every eval mode, ``net`` holding ``state`` (its part of a fused model)."""
+        net.load_state_dict(state)
+        return every_mode(net, inputs.val_batches, inputs.after_training(member.spec.seed))
+
+    def branch(budget: Budget) -> None:
+        branched = fused_branch(module, budget, sgd)
+        for position, member in enumerate(members):
+            if module.alive[position] and not has_budget(member.run, budget):
+                net = copy.deepcopy(member.net).to(device)
+                record_budget(member.run, budget, evaluate(member, net, branched.unfused(position)))
+
+    module.after_step = Forks(
+        budgets[:-1], lambda budget: all(has_budget(m.run, budget) for m in members), branch
     )
     label = f"fused {len(members)} cells bs{spec.data.batch_size}"
     records = GroupRecords(members)
@@ -174,12 +194,12 @@ def _train(members: list[Member], spec: CellSpec) -> dict[int, Result]:
         if member.index in results:
             continue
         final = dict(module.epoch_metrics[position] or {})
-        if trained and NORMS[member.spec.norm].running_statistics:
-            net = member.net.to(device)
-            net.load_state_dict(module.model.unfused(position))
-            evaluated = inputs.after_training(member.spec.seed).evaluate(net)
-            member.run.log_epoch(evaluated, total)
-            final.update(evaluated)
+        if trained:  # the largest budget: the trunk's own end
+            evaluated = evaluate(member, member.net.to(device), module.model.unfused(position))
+            after = {key: evaluated[key] for key in (VAL_ACC_PRECISE, VAL_ACC_BATCHSTATS) if key in evaluated}
+            member.run.log_epoch(after, total)
+            record_budget(member.run, budgets[-1], evaluated)
+            final.update(after)
         outcome = member.run.finish(final)
         results[member.index] = Result(member.run.name, outcome.action, outcome=outcome)
     return results

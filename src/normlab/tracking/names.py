@@ -21,3 +21,10 @@ VAL_LOSS, VAL_ACC = "val/loss", "val/acc"  # the test split, eval mode (moving s
 VAL_ACC_PRECISE, VAL_ACC_BATCHSTATS = "val/acc_precise", "val/acc_batchstats"
 LR, LR_NOW = "lr", "lr/now"  # the configured (peak) lr, and the lr at the epoch's end
 EPOCH_SECONDS, SAMPLES_PER_S = "time/epoch_s", "perf/samples_per_s"  # speed: not results
+
+# The ladder of budgets (lr_schedule=wsd; normlab.training.branches): each budget's results in every
+# eval mode, annealed, at step = the budget in epochs, e.g. budget/val/acc. Its size in SGD steps and
+# samples beside them.
+BUDGET_PREFIX = "budget/"
+BUDGET_VAL_ACC = BUDGET_PREFIX + VAL_ACC
+BUDGET_STEPS, BUDGET_SAMPLES = BUDGET_PREFIX + "steps", BUDGET_PREFIX + "samples"

@@ -39,8 +39,9 @@ def quiet_libraries() -> None:
 def make_trainer(spec: CellSpec, max_epochs: int | None = None) -> pl.Trainer:
     """The Lightning trainer, made before anything is recorded: an accelerator this machine lacks
     is a sentence, not a traceback after a run was opened (its logger is attached later).
-    ``max_epochs``: what is left of the cell's epochs (a resumed fused group)."""
-    settings = {**spec.cfg.trainer, **({"max_epochs": max_epochs} if max_epochs is not None else {})}
+    ``max_epochs``: what is left of the cell's epochs (a resumed fused group); by default its
+    schedule's (``trainer.max_epochs``, raised where ``budget.min_steps`` asks for more)."""
+    settings = {**spec.cfg.trainer, "max_epochs": spec.schedule.epochs if max_epochs is None else max_epochs}
     try:
         return pl.Trainer(**settings, logger=False, **QUIET_TRAINER)
     except (MisconfigurationException, ValueError, RuntimeError) as error:

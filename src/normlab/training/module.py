@@ -12,26 +12,22 @@ import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
+from normlab.config.budgets import LrSchedule
 from normlab.data.batches import Batch
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+CONSTANT = LrSchedule("constant", warmup_steps=0, total_steps=0)
 
 
 class Diverged(ArithmeticError):
     """The training or validation loss became NaN or infinite."""
 
 
-def lr_factor(step: int, warmup_steps: int, cosine_steps: int) -> float:
-    """The lr of step ``step`` (from 0) over the configured one: a linear ramp over the first
-    ``warmup_steps`` (Goyal et al. 2017: what lets a large linearly scaled lr start), then, with
-    ``cosine_steps``, a half cosine down to 0 at the last of that many steps (Loshchilov &
-    Hutter 2017), so every cell ends its budget annealed rather than mid-noise."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if not cosine_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(cosine_steps - warmup_steps, 1))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """One SGD step down ``loss`` (a trunk and its branches step alike)."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
 
 
 def divergence(metrics: dict[str, float], epoch: int) -> str | None:
@@ -103,25 +99,22 @@ class Classifier(EpochSums):
         self,
         net: nn.Module,
         optimizer: OptimizerFactory,
-        warmup_steps: int = 0,
-        cosine_steps: int = 0,
+        schedule: LrSchedule = CONSTANT,
+        after_step: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(sums_shape=(2,))
         self.automatic_optimization = False
         self.net = net
         self.optimizer_factory = optimizer
-        self.warmup_steps = warmup_steps
-        self.cosine_steps = cosine_steps
+        self.schedule = schedule
+        self.after_step = after_step  # called with the number of steps taken (a budget's fork: ``branches``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def lr_factor(self, step: int) -> float:
-        return lr_factor(step, self.warmup_steps, self.cosine_steps)
-
     def configure_optimizers(self) -> dict[str, object]:
         optimizer = self.optimizer_factory(self.parameters())
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.factor)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
@@ -145,12 +138,10 @@ class Classifier(EpochSums):
         optimizer = self.trainer.optimizers[0]
         schedule = self.trainer.lr_scheduler_configs[0].scheduler
         for images, labels in batches:
-            loss = self._step(images, labels, "train")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if self.warmup_steps or self.cosine_steps:  # in the checkpoint: a resumed run continues it
-                schedule.step()
+            sgd_step(self._step(images, labels, "train"), optimizer)
+            schedule.step()  # its step count is in the checkpoint: a resumed run continues it
+            if self.after_step is not None:
+                self.after_step(schedule.last_epoch)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(*batch, "val")

@@ -11,12 +11,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from normlab.config.budgets import Budget
 from normlab.config.cell import CellSpec, read_cell
 from normlab.data.batches import SGDCalls
-from normlab.layers.registry import NORMS
+from normlab.evaluation.annealed import every_mode
 from normlab.tracking import checkpoints
+from normlab.tracking.names import VAL_ACC_BATCHSTATS, VAL_ACC_PRECISE
 from normlab.training import lifecycle
-from normlab.training.callbacks import EpochCheckpoint, Evaluations
+from normlab.training.branches import Forks, has_budget, record_budget, solo_branch
+from normlab.training.callbacks import EpochCheckpoint
 from normlab.training.inputs import load_inputs, make_trainer, quiet_libraries, seeded_net
 from normlab.training.interrupt import SafeInterrupt
 from normlab.training.lifecycle import CellRun, Outcome, RunFailed
@@ -26,26 +29,32 @@ from normlab.training.progress import EpochProgress
 
 
 def train(spec: CellSpec, run: CellRun, trainer: pl.Trainer, net: torch.nn.Module) -> dict[str, float]:
-    """``trainer.fit`` of the cell's net into ``run``; its final metrics. A failure is recorded
-    (FAILED and why) and raises RunFailed; an interruption is recorded as KILLED and raises
-    Interrupted (its checkpoint lets a rerun resume it)."""
+    """``trainer.fit`` of the cell's net into ``run``, its budgets evaluated on the way
+    (``branches``) and at its end; its final metrics. A failure is recorded (FAILED and why) and
+    raises RunFailed; an interruption is recorded as KILLED and raises Interrupted (its checkpoint
+    lets a rerun resume it)."""
     trainer.logger = EpochLogger(run.recorder)
     device = trainer.strategy.root_device
     run.record_device(device)
     inputs = load_inputs(spec.data, device)
     sgd_batches = inputs.sgd_batches(spec.seed)
-    batch_size = spec.data.batch_size
-    module = Classifier(
-        net,
-        optimizer=instantiate(spec.cfg.optimizer, lr=spec.schedule.lr),
-        warmup_steps=spec.schedule.warmup_steps(batch_size),
-        cosine_steps=spec.schedule.cosine_steps(len(sgd_batches)),
-    )
+    make_optimizer = instantiate(spec.cfg.optimizer, lr=spec.schedule.lr)
+    schedule, budgets = spec.schedule.lr_schedule(spec.data), spec.schedule.budgets(spec.data)
+    module = Classifier(net, optimizer=make_optimizer, schedule=schedule)
+
+    def evaluate(trained: torch.nn.Module) -> dict[str, float]:  # PreciseBN's sample drawn anew: the same one
+        return every_mode(trained, inputs.val_batches, inputs.after_training(spec.seed))
+
+    def branch(budget: Budget) -> None:
+        batches = sgd_batches.steps(budget.fork_step, budget.steps - budget.fork_step)
+        branched = solo_branch(net, trainer.optimizers[0], make_optimizer, budget, schedule, batches)
+        record_budget(run, budget, evaluate(branched))
+
+    module.after_step = Forks(budgets[:-1], lambda budget: has_budget(run, budget), branch)
     checkpoint = run.cell.checkpoint
     trainer.callbacks += [EpochProgress(spec.name), EpochCheckpoint(checkpoint), SafeInterrupt()]
-    if NORMS[spec.norm].running_statistics:
-        trainer.callbacks.append(Evaluations(inputs.after_training(spec.seed)))
     label = f"run {spec.name}"
+    final: dict[str, float] = {}
     with lifecycle.recording([run], label, lambda: trainer.interrupted) as stopped, run.system_metrics():
         trainer.fit(
             module,
@@ -53,9 +62,16 @@ def train(spec: CellSpec, run: CellRun, trainer: pl.Trainer, net: torch.nn.Modul
             val_dataloaders=inputs.val_batches,
             ckpt_path=checkpoint if run.cell.resuming else None,
         )
+        final = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        if trainer.current_epoch > 0:  # the largest budget: the trunk's own end
+            evaluated = evaluate(net)
+            after = {key: evaluated[key] for key in (VAL_ACC_PRECISE, VAL_ACC_BATCHSTATS) if key in evaluated}
+            run.log_epoch(after, spec.schedule.epochs)
+            record_budget(run, budgets[-1], evaluated)
+            final.update(after)
     if stopped.failed:
         raise RunFailed(stopped.failed[0]) from stopped.error
-    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+    return final
 
 
 def fit(cfg: DictConfig, overrides: list[str], tags: dict[str, str] | None = None) -> Outcome:
