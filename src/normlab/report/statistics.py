@@ -108,3 +108,25 @@ def prediction_interval(mean: float, sd: float, n: int, level: float = 0.95) -> 
         return math.nan, math.nan
     half = stats.t.ppf(0.5 + level / 2, n - 1) * sd * math.sqrt(1 + 1 / n)
     return mean - half, mean + half
+
+
+def beyond(result: Contrast, shift: float) -> float:
+    """One-sided p that the effect lies beyond ``shift`` on its own side (|effect| > shift), from
+    the contrast's estimate, se and df (Welch's or paired)."""
+    if math.isnan(result.se):
+        return math.nan
+    if result.se == 0:
+        return 0.0 if abs(result.estimate) > shift else 1.0
+    return float(stats.t.sf((abs(result.estimate) - shift) / result.se, result.df))
+
+
+def equivalent(result: Contrast, margin: float) -> float:
+    """TOST: the larger of the two one-sided p-values that the effect lies inside ±``margin``
+    (p < 0.05: the 90% CI of the effect is inside the margin)."""
+    if math.isnan(result.se):
+        return math.nan
+    if result.se == 0:
+        return 0.0 if abs(result.estimate) < margin else 1.0
+    upper = stats.t.cdf((result.estimate - margin) / result.se, result.df)
+    lower = stats.t.sf((result.estimate + margin) / result.se, result.df)
+    return float(max(upper, lower))
