@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from normlab.layers.registry import NORMS, WHOLE_BATCH_BN
+from normlab.report import ladder
 from normlab.report.convergence import AT_CHANCE
 from normlab.report.statistics import (
     ALPHA,
@@ -41,6 +42,7 @@ class Finding:
     claim: str
     evidence: str
     verdict: str
+    table: str = ""  # the evidence as a markdown table, where judged over a ladder of budgets
 
 
 def _fmt(mean: float, sd: float, n: int) -> str:
@@ -474,12 +476,76 @@ def _against(summary: pd.DataFrame, base: dict, metric: str, counted: bool) -> t
     return "; ".join(parts), "; ".join(answers)
 
 
-def against_baseline(summary: pd.DataFrame, question: str | None, baseline: str | None) -> Finding | None:
+def _ladder_table(
+    history: pd.DataFrame, setups: list[str], baseline: str, metric: str
+) -> tuple[str, list[str]]:
+    """F7 over the ladder for one metric: the evidence table and one verdict per setup."""
+    budgets = ladder.budgets(history, metric)
+    cells = {b: {s: ladder.values(history, s, metric, b) for s in setups} for b in budgets}
+    judged = {b: ladder.at_budget(cells[b], baseline, b) for b in budgets}
+    epochs = " / ".join(str(b) for b in budgets)
+    head = [
+        "setup (n)",
+        f"mean at {epochs} epochs",
+        f"− {baseline} at {epochs}",
+        "test",
+        "Holm p (differ / within a point) at the largest",
+        "verdict at each budget",
+        "across budgets",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    verdicts = []
+    for setup in setups:
+        means = []
+        for b in budgets:
+            finite = [v for v in cells[b][setup].values() if math.isfinite(v)]
+            means.append(f"{sum(finite) / len(finite):.3f}" if finite else "–")
+        n = len(cells[budgets[-1]][setup])
+        if setup == baseline:
+            lines.append(f"| {setup} ({n}) | {' / '.join(means)} | (baseline) | | | | |")
+            continue
+        steps = [judged[b][setup] for b in budgets]
+        last = steps[-1]
+        result = ladder.across(steps)
+        differences = " / ".join(f"{100 * a.contrast.estimate:+.1f} pt" for a in steps)
+        at_each = " / ".join(a.verdict for a in steps)
+        across = f"**{result.kind}**" + (f" ({result.assumption})" if result.assumption else "")
+        p = f"{last.p:.2g} / {last.p_within:.2g}"
+        row = [f"{setup} ({n})", " / ".join(means), differences, last.test, p, at_each, across]
+        lines.append("| " + " | ".join(row) + " |")
+        verdicts.append(f"{setup}: {result.statement}")
+    return "\n".join(lines), verdicts
+
+
+def against_baseline_over_budgets(
+    summary: pd.DataFrame, history: pd.DataFrame, question: str, baseline: str
+) -> Finding:
+    """F7 over a ladder of budgets (``normlab.report.ladder``): each setup against the baseline at
+    every budget, with the moving statistics and, where the setups have BN, PreciseBN's."""
+    setups = list(summary["setup"])
+    metrics = [m for m in ladder.BUDGET_METRICS if not history[history["metric"] == m].empty]
+    tables, verdicts = [], []
+    for metric in metrics:
+        table, verdict = _ladder_table(history, setups, baseline, metric)
+        tables.append(f"`{metric}`:\n\n{table}")
+        verdicts.append(f"{ladder.BUDGET_METRICS[metric]}: " + "; ".join(verdict))
+    evidence = "paired t where setups share seeds, else Welch; Holm over the setups at each budget"
+    return Finding(
+        "F7", question, evidence, f"against {baseline}, " + " | ".join(verdicts), "\n\n".join(tables)
+    )
+
+
+def against_baseline(
+    summary: pd.DataFrame, question: str | None, baseline: str | None, history: pd.DataFrame | None = None
+) -> Finding | None:
     """F7: each setup against the study's baseline setup, in mean test accuracy with the moving
     statistics (``val/acc``) and, for the setups with BN, with PreciseBN statistics, whose
-    seed-to-seed spread is smaller (F4). Holm over the setups of each metric."""
+    seed-to-seed spread is smaller (F4). Holm over the setups of each metric. Over a ladder of
+    budgets where the runs have one (``against_baseline_over_budgets``)."""
     if not question or not baseline or baseline not in set(summary["setup"]):
         return None
+    if history is not None and len(ladder.budgets(history)) >= 2:
+        return against_baseline_over_budgets(summary, history, question, baseline)
     base = summary[summary["setup"] == baseline].iloc[0].to_dict()
     counted = summary["parameters"].notna().all() and summary["parameters"].nunique() > 1
     precise = summary.loc[summary["setup"] != baseline, "val/acc_precise mean"].notna().any()
@@ -507,6 +573,6 @@ def evaluate(
         bn_allows_higher_lr(summary),
         small_batches_within_a_point(summary),
         which_stay_within_a_point(summary),
-        against_baseline(summary, question, baseline),
+        against_baseline(summary, question, baseline, history),
     ]
     return [finding for finding in checks if finding is not None]

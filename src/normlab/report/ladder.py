@@ -36,11 +36,12 @@ from normlab.report.statistics import (
     paired_two_sided,
     welch_two_sided,
 )
-from normlab.tracking.names import BUDGET_PREFIX, VAL_ACC, VAL_ACC_PRECISE
+from normlab.tracking.names import BUDGET_PREFIX, BUDGET_SAMPLES, BUDGET_STEPS, VAL_ACC, VAL_ACC_PRECISE
 
 MARGIN = 0.01  # one accuracy point: the threshold of a difference and of "within a point"
 SETTLED_MARGIN = 0.005  # a cell has settled when it moved less than half a point between budgets
 BUDGET_METRICS = {BUDGET_PREFIX + VAL_ACC: VAL_ACC, BUDGET_PREFIX + VAL_ACC_PRECISE: VAL_ACC_PRECISE}
+SIZES = (BUDGET_STEPS, BUDGET_SAMPLES)
 BETTER, WORSE, WITHIN, UNDECIDED, NOT_MEASURABLE = (
     "better",
     "worse",

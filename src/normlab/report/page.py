@@ -24,7 +24,7 @@ from scipy import stats
 from normlab import config
 from normlab.config import cells
 from normlab.config.paths import EXPERIMENTS_DIR
-from normlab.report import convergence, findings, plots, walltime
+from normlab.report import convergence, findings, ladder, plots, walltime
 from normlab.report.statistics import prediction_interval
 from normlab.tracking import store as tracking
 from normlab.tracking.addresses import runs_page
@@ -254,17 +254,20 @@ def comparison(summary: pd.DataFrame) -> list[str]:
 
 
 def curves(runs: pd.DataFrame, uri: str) -> pd.DataFrame:
-    """Per-epoch history (setup, run_id, metric, epoch, value) of the finished runs: one value per
-    (run, metric, epoch), the last logged (a run resumed by code older than ``EpochRecorder`` may
+    """Per-epoch history (setup, run_id, metric, epoch, value, seed) of the finished runs, and each
+    budget's results (``budget/*`` at epoch = the budget): one value per (run, metric, epoch),
+    the last logged (a run resumed by code older than ``EpochRecorder`` may
     hold an epoch twice, which would count as one more seed)."""
     client = MlflowClient(uri)
     rows = []
     finished = runs[runs["status"] == "FINISHED"]
-    for run_id, setup in zip(finished["run_id"], finished["tags.setup"], strict=True):
-        for metric in sorted({*plots.CURVE_METRICS, *convergence.GATE_METRICS}):
+    wanted = sorted({*plots.CURVE_METRICS, *convergence.GATE_METRICS, *ladder.BUDGET_METRICS, *ladder.SIZES})
+    seeds = pd.to_numeric(_column(finished, "tags.seed"), errors="coerce").fillna(-1).astype(int)
+    for run_id, setup, seed in zip(finished["run_id"], finished["tags.setup"], seeds, strict=True):
+        for metric in wanted:
             points = sorted(client.get_metric_history(run_id, metric), key=lambda point: point.timestamp)
-            rows += [(setup, run_id, metric, point.step, point.value) for point in points]
-    history = pd.DataFrame(rows, columns=["setup", "run_id", "metric", "epoch", "value"])
+            rows += [(setup, run_id, metric, point.step, point.value, seed) for point in points]
+    history = pd.DataFrame(rows, columns=["setup", "run_id", "metric", "epoch", "value", "seed"])
     return history.drop_duplicates(["run_id", "metric", "epoch"], keep="last").reset_index(drop=True)
 
 
@@ -342,6 +345,66 @@ FINDINGS_NOTE = (
 )
 
 
+BUDGETS_NOTE = (
+    "Each budget is a whole run of that length under warm-up-stable-decay: constant lr, then a 1-sqrt "
+    "decay to 0 over the budget's last 20% of steps. One run per seed trains to the largest budget and "
+    "forks a decaying branch at each smaller one (the same init and data order), so budgets pair by "
+    "seed. Values: mean ± sd over seeds of the test accuracy in eval mode (`budget/val/acc`) and with "
+    "PreciseBN statistics (`budget/val/acc_precise`). **Settled**: the cell moved less than half a "
+    "point between the two largest budgets, shown by a paired equivalence test (TOST, 90% CI inside "
+    "±0.5 point)."
+)
+
+LADDER_NOTE = (
+    "Verdicts computed from the budgets above (src/normlab/report/ladder.py). At each budget a setup is "
+    "*better* or *worse* than the baseline (two-sided t, paired where setups share seeds, Holm over the "
+    "setups, p < 0.05, and at least one point), *within a point* (TOST: the 90% CI of the difference "
+    "inside ±1 point, Holm), or *undecided*. Across budgets a verdict is **robust** where it holds at the "
+    "two largest budgets and would still hold if the next doubling moved the effect as much as the last "
+    "one did; **budget-dependent** otherwise; **not measurable** only where a cell is missing, at chance "
+    "or diverged. Where the effect moved more over the last doubling than over the one before, the "
+    "extrapolation's assumption fails and the table says so."
+)
+
+
+def budget_table(summary: pd.DataFrame, history: pd.DataFrame, budgets: list[int]) -> str:
+    """One row per setup: each budget's steps, samples and test accuracies, and whether it settled."""
+    precise = not history[history["metric"] == ladder.BUDGET_PREFIX + "val/acc_precise"].empty
+    epochs = " / ".join(str(b) for b in budgets)
+    head = ["setup", "n", "steps", "samples", f"val/acc at {epochs} epochs"]
+    head += [f"val/acc_precise at {epochs}"] * precise + ["settled (val/acc)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sizes = history[
+        history["metric"].isin([ladder.BUDGET_PREFIX + "steps", ladder.BUDGET_PREFIX + "samples"])
+    ]
+    for setup in summary["setup"]:
+        own = sizes[sizes["setup"] == setup].groupby(["metric", "epoch"])["value"].first()
+        size = {
+            name: " / ".join(f"{own.get((ladder.BUDGET_PREFIX + name, b), math.nan):,.0f}" for b in budgets)
+            for name in ("steps", "samples")
+        }
+        accuracies = []
+        for metric in ["val/acc"] + ["val/acc_precise"] * precise:
+            per_budget = []
+            for budget in budgets:
+                values = pd.Series(
+                    list(ladder.values(history, setup, ladder.BUDGET_PREFIX + metric, budget).values())
+                )
+                per_budget.append(_cell(*_stats(values)[:2]))
+            accuracies.append(" / ".join(per_budget))
+        n = len(ladder.values(history, setup, ladder.BUDGET_PREFIX + "val/acc", budgets[-1]))
+        cells = [
+            setup,
+            str(n),
+            size["steps"],
+            size["samples"],
+            *accuracies,
+            ladder.settled(history, setup).describe(),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def gate_note(gate: convergence.Gate) -> str:
     return (
         f"**Converged** (`report.converged`): the last epoch raised the mean test accuracy by less than "
@@ -366,7 +429,9 @@ def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
         float(latest_param(runs, "report.converged.max_loss_change") or convergence.Gate.max_loss_change),
     )
     summary = summarize(runs)
-    gates = convergence.gate_all(history, list(summary["setup"]), gate).set_index("setup")
+    budgets = ladder.budgets(history)
+    gated = len(budgets) < 2  # a ladder of budgets replaces the last-epoch gate
+    gates = convergence.gate_all(history, list(summary["setup"]) if gated else [], gate).set_index("setup")
     summary["converged"] = summary["setup"].map(gates["converged"]).astype(object)
     summary["convergence"] = summary["setup"].map(gates["convergence"])
     out_dir = out_dir or EXPERIMENTS_DIR / study
@@ -375,17 +440,26 @@ def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
         out_dir / "results.csv", index=False
     )
     question = latest_param(runs, "report.question")
+    found = findings.evaluate(summary, history, question, latest_param(runs, "report.baseline"))
     sections = [header(study, runs), *(["", f"**Question.** {question}"] if question else [])]
+    if found and not gated:
+        sections += ["", "**At a glance** (details under Findings):", ""]
+        sections += [f"- **{f.name}** {f.verdict}" for f in found]
     sections += design(study)
-    sections += ["", TABLE_NOTE, "", gate_note(gate), "", markdown_table(summary)]
+    if not gated:
+        sections += ["", "## Budgets", "", BUDGETS_NOTE, "", budget_table(summary, history, budgets)]
+    sections += ["", TABLE_NOTE, *(["", gate_note(gate)] if gated else []), "", markdown_table(summary)]
 
     figures = plots.draw_all(summary, history, out_dir, present_metrics(summary))
     sections += [f"\n![{title}]({path.name})" for title, path in figures]
 
-    found = findings.evaluate(summary, history, question, latest_param(runs, "report.baseline"))
     if found:
-        sections += ["", "## Findings", "", FINDINGS_NOTE, ""]
-        sections += [f"- **{f.name}** — {f.claim}: {f.evidence} → **{f.verdict}**" for f in found]
+        sections += ["", "## Findings", "", FINDINGS_NOTE if gated else LADDER_NOTE, ""]
+        for f in found:
+            if f.table:
+                sections += [f"**{f.name}** — {f.claim} ({f.evidence}) → **{f.verdict}**", "", f.table, ""]
+            else:
+                sections += [f"- **{f.name}** — {f.claim}: {f.evidence} → **{f.verdict}**"]
     compared = comparison(summary)
     if compared:
         sections += [

@@ -141,6 +141,39 @@ def plot_setups(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_budgets(history: pd.DataFrame, setups: list[str], budgets: list[int], path: Path) -> None:
+    """Test accuracy per setup at every budget of the ladder (``budget/val/acc``): a dot per budget
+    at the mean over seeds with its sd as a whisker, the largest budget bold, so a reader sees
+    whether a setup, and the gaps between setups, moved with the budget."""
+    rows = list(reversed(setups))  # the first setup on top
+    fig, axis = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.8))
+    colors = plt.get_cmap("Blues")([0.35 + 0.65 * i / max(len(budgets) - 1, 1) for i in range(len(budgets))])
+    for index, budget in enumerate(budgets):
+        largest = budget == budgets[-1]
+        points = history[(history["metric"] == "budget/val/acc") & (history["epoch"] == budget)]
+        stats = points.groupby("setup")["value"].agg(["mean", "std"]).reindex(rows)
+        offset = (index - (len(budgets) - 1) / 2) * 0.12
+        axis.errorbar(
+            stats["mean"],
+            [y + offset for y in range(len(rows))],
+            xerr=stats["std"].fillna(0.0),
+            fmt="o",
+            color=colors[index],
+            markersize=8 if largest else 5,
+            elinewidth=2.2 if largest else 1.0,
+            markeredgecolor="black" if largest else colors[index],
+            capsize=3,
+            label=f"{budget} epochs" + (" (largest)" if largest else ""),
+        )
+    axis.set_yticks(range(len(rows)), rows)
+    axis.set_xlabel("test accuracy at each budget (mean ± sd over seeds, moving statistics)")
+    axis.grid(alpha=0.3, axis="x")
+    axis.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_grids(summary: pd.DataFrame, path: Path) -> None:
     """One panel per grid of a study with several: test accuracy against the statistics batch
     (where the SGD batch is fixed) or the SGD batch (where it varies), one colour per norm, moving
@@ -207,6 +240,11 @@ def draw_all(
         plot_against(summary, swept, modes, path)
         figures.append((f"test accuracy vs {swept}", path))
     else:
+        budgets = sorted(int(b) for b in history.loc[history["metric"] == "budget/val/acc", "epoch"].unique())
+        if len(budgets) >= 2:
+            path = out_dir / "accuracy_per_budget.png"
+            plot_budgets(history, list(summary["setup"]), budgets, path)
+            figures.append(("test accuracy per setup at every budget (the largest bold)", path))
         path = out_dir / "final_accuracy.png"
         plot_setups(summary, path)
         figures.append(("final test accuracy per setup, mean and 95% CI over seeds", path))
