@@ -19,7 +19,9 @@ def _history(cells: dict[str, dict[int, list[float]]]) -> pd.DataFrame:
         for budget, per_seed in by_budget.items()
         for seed, value in enumerate(per_seed)
     ]
-    return pd.DataFrame(rows, columns=["setup", "run_id", "metric", "epoch", "value", "seed"])
+    return ladder.with_rungs(
+        pd.DataFrame(rows, columns=["setup", "run_id", "metric", "epoch", "value", "seed"])
+    )
 
 
 def _noise(n: int, sd: float, seed: int) -> np.ndarray:
@@ -39,7 +41,7 @@ def _cells(base: dict[int, float], effects: dict[int, float], n: int = 6, sd: fl
 def _across(cells) -> ladder.Across:
     history = _history(cells)
     per_budget = [
-        ladder.at_budget({s: ladder.values(history, s, METRIC, b) for s in cells}, "base", b)["setup"]
+        ladder.at_budget({s: ladder.values(history, s, METRIC, b) for s in cells}, "base", str(b))["setup"]
         for b in ladder.budgets(history)
     ]
     return ladder.across(per_budget)

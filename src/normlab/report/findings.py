@@ -11,7 +11,7 @@ a finding that needs a setup whose last epoch still moved (``converged`` False i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -482,12 +482,12 @@ def _ladder_table(
     """F7 over the ladder for one metric: the evidence table and one verdict per setup."""
     budgets = ladder.budgets(history, metric)
     cells = {b: {s: ladder.values(history, s, metric, b) for s in setups} for b in budgets}
-    judged = {b: ladder.at_budget(cells[b], baseline, b) for b in budgets}
-    epochs = " / ".join(str(b) for b in budgets)
+    judged = {b: ladder.at_budget(cells[b], baseline, ladder.label(history, b)) for b in budgets}
+    epochs = " / ".join(ladder.label(history, b) for b in budgets)
     head = [
         "setup (n)",
-        f"mean at {epochs} epochs",
-        f"− {baseline} at {epochs}",
+        f"mean at {epochs}",
+        f"− {baseline} at each",
         "test",
         "Holm p (differ / within a point) at the largest",
         "verdict at each budget",
@@ -560,11 +560,53 @@ def against_baseline(
     return Finding("F7", question, " | ".join(evidence), f"against {baseline}, " + " | ".join(verdicts))
 
 
+SUMMARY_CHECKS = (
+    batch_size_matters_more_with_bn,
+    batch_one_learns_nothing,
+    precise_bn_narrows_spread,
+    bn_allows_higher_lr,
+    small_batches_within_a_point,
+    which_stay_within_a_point,
+)
+
+
+def over_budgets(
+    check: Callable[[pd.DataFrame], Finding | None], at: dict[int, pd.DataFrame]
+) -> Finding | None:
+    """A finding judged on a summary, judged at every budget (``at``: its label -> the summary
+    there, smallest first):
+    it holds across budgets where its verdict is the same at the two largest, else it is
+    budget-dependent; the evidence is a table of its verdict and numbers at each budget. (Unlike
+    F7's verdict, no extrapolation to the next doubling: these verdicts have no single effect.)"""
+    found = {budget: check(summary) for budget, summary in at.items()}
+    judged = {budget: finding for budget, finding in found.items() if finding is not None}
+    if not judged:
+        return None
+    budgets = list(judged)
+    last = judged[budgets[-1]]
+    rows = ["| budget | verdict | evidence |", "|---|---|---|"]
+    rows += [f"| {b} | {judged[b].verdict} | {judged[b].evidence.replace('|', '/')} |" for b in budgets]
+    if len(budgets) >= 2 and judged[budgets[-2]].verdict == last.verdict:
+        verdict = f"{last.verdict} at {budgets[-2]} and {budgets[-1]} (holds across budgets)"
+    else:
+        verdict = "budget-dependent: " + "; ".join(f"{judged[b].verdict} at {b}" for b in budgets)
+    return Finding(last.name, last.claim, "judged at every budget", verdict, "\n".join(rows))
+
+
 def evaluate(
     summary: pd.DataFrame, history: pd.DataFrame, question: str | None = None, baseline: str | None = None
 ) -> list[Finding]:
     """Every check whose cells the study has; ``question`` and ``baseline`` come from the study's
-    ``report`` config."""
+    ``report`` config. Where the runs have a ladder of budgets, each check at every budget."""
+    budgets = ladder.budgets(history)
+    if len(budgets) >= 2:
+        at = {ladder.label(history, rung): ladder.summary_at(summary, history, rung) for rung in budgets}
+        checks = [
+            converges_faster(summary, history),
+            *(over_budgets(check, at) for check in SUMMARY_CHECKS),
+            against_baseline(summary, question, baseline, history),
+        ]
+        return [finding for finding in checks if finding is not None]
     checks = [
         converges_faster(summary, history),
         batch_size_matters_more_with_bn(summary),

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from scipy import stats
 
 from normlab.report.convergence import AT_CHANCE
 from normlab.report.statistics import (
@@ -51,14 +52,36 @@ BETTER, WORSE, WITHIN, UNDECIDED, NOT_MEASURABLE = (
 )
 
 
+def with_rungs(history: pd.DataFrame) -> pd.DataFrame:
+    """``history`` with a ``rung`` column: for each run's budget results the budget's place in its
+    ladder (1 = the smallest), which lines budgets up across cells whose budgets differ in epochs
+    (a floor in steps gives large batches more); None for per-epoch metrics."""
+    budget_rows = history["metric"].str.startswith(BUDGET_PREFIX)
+    ranks = history[budget_rows].groupby("run_id")["epoch"].rank(method="dense")
+    return history.assign(rung=ranks.reindex(history.index))
+
+
 def budgets(history: pd.DataFrame, metric: str = BUDGET_PREFIX + VAL_ACC) -> list[int]:
-    """The study's budgets in epochs, smallest first (empty: its runs have no ladder)."""
-    return sorted(int(b) for b in history.loc[history["metric"] == metric, "epoch"].unique())
+    """The ladder's rungs, smallest first (empty: the runs have no ladder)."""
+    if "rung" not in history:
+        return []
+    return sorted(int(r) for r in history.loc[history["metric"] == metric, "rung"].dropna().unique())
 
 
-def values(history: pd.DataFrame, setup: str, metric: str, budget: int) -> dict[int, float]:
-    """Per seed, the setup's value of ``metric`` at ``budget``."""
-    rows = history[(history["setup"] == setup) & (history["metric"] == metric) & (history["epoch"] == budget)]
+def label(history: pd.DataFrame, rung: int) -> str:
+    """A rung as a reader knows it: its epochs where every cell has the same ("4 epochs"), else
+    its fraction of each cell's largest budget and the range of epochs ("B/2: 2-6 epochs")."""
+    epochs = sorted(int(e) for e in history.loc[history["rung"] == rung, "epoch"].unique())
+    if len(epochs) == 1:
+        return f"{epochs[0]} epochs"
+    top = max(budgets(history))
+    fraction = "B" if rung == top else f"B/{2 ** (top - rung)}"
+    return f"{fraction}: {epochs[0]}-{epochs[-1]} epochs"
+
+
+def values(history: pd.DataFrame, setup: str, metric: str, rung: int) -> dict[int, float]:
+    """Per seed, the setup's value of ``metric`` at the ladder's ``rung``."""
+    rows = history[(history["setup"] == setup) & (history["metric"] == metric) & (history["rung"] == rung)]
     return {int(seed): float(value) for seed, value in zip(rows["seed"], rows["value"], strict=True)}
 
 
@@ -95,7 +118,7 @@ def settled(history: pd.DataFrame, setup: str, metric: str = BUDGET_PREFIX + VAL
 class AtBudget:
     """A setup against the baseline at one budget."""
 
-    budget: int
+    budget: str  # its label (``label``)
     mean: float  # the setup's mean
     contrast: Contrast  # setup minus baseline
     test: str  # "paired t" or "Welch t"
@@ -136,7 +159,7 @@ def compare(setup: dict[int, float], base: dict[int, float]) -> tuple[Contrast, 
     return welch_two_sided(Term(1, a.mean(), a.std(), len(a)), Term(1, b.mean(), b.std(), len(b))), "Welch t"
 
 
-def at_budget(cells: dict[str, dict[int, float]], baseline: str, budget: int) -> dict[str, AtBudget]:
+def at_budget(cells: dict[str, dict[int, float]], baseline: str, budget: str) -> dict[str, AtBudget]:
     """Every setup of ``cells`` (setup -> values per seed at ``budget``) against ``baseline``,
     Holm-corrected over the setups (each test separately)."""
     base = cells[baseline]
@@ -166,7 +189,7 @@ class Across:
 def across(ladder: list[AtBudget]) -> Across:
     """The verdict across a setup's budgets (smallest first; at least two)."""
     last, previous = ladder[-1], ladder[-2]
-    where = f"{previous.budget} and {last.budget} epochs"
+    where = f"{previous.budget} and {last.budget}"
     if NOT_MEASURABLE in (last.verdict, previous.verdict):
         reasons = "; ".join(dict.fromkeys(a.why for a in (previous, last) if a.why))
         return Across("not measurable", NOT_MEASURABLE, f"not measurable at {where}: {reasons}")
@@ -175,7 +198,7 @@ def across(ladder: list[AtBudget]) -> Across:
     if len(ladder) >= 3:
         before = previous.contrast.estimate - ladder[-3].contrast.estimate
         if abs(change) > abs(before):
-            moved = f"{previous.budget} to {last.budget} epochs ({100 * change:+.1f} pt)"
+            moved = f"{previous.budget} to {last.budget} ({100 * change:+.1f} pt)"
             earlier = f"{ladder[-3].budget} to {previous.budget} ({100 * before:+.1f} pt)"
             assumption = f"the effect moved more from {moved} than from {earlier}: changes do not shrink"
     values = ", ".join(f"{100 * a.contrast.estimate:+.1f} pt ({a.verdict}) at {a.budget}" for a in ladder)
@@ -190,7 +213,7 @@ def across(ladder: list[AtBudget]) -> Across:
         p = equivalent(last.contrast, narrowed) if narrowed > 0 else 1.0
     else:
         p = beyond(last.contrast, abs(change)) if abs(last.contrast.estimate) - abs(change) >= MARGIN else 1.0
-    effect = f"{100 * last.contrast.estimate:+.1f} pt at {last.budget} epochs"
+    effect = f"{100 * last.contrast.estimate:+.1f} pt at {last.budget}"
     effect += f", {100 * change:+.1f} pt since {previous.budget}"
     if p < ALPHA:
         statement = (
@@ -212,3 +235,26 @@ def lr_dependent(verdict: str, mean: float, at_other_lrs: dict[float, tuple[str,
         if other != verdict and other_mean > mean
     ]
     return f"lr-dependent: {'; '.join(changed)}" if changed else ""
+
+
+def summary_at(summary: pd.DataFrame, history: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """The study's summary as it stood at ``budget``: each setup's test accuracies (mean, sd, 95%
+    CI, n and per-seed values) from its ``budget/*`` results there, so that any finding judged on
+    a summary can be judged at every budget."""
+    at = summary.copy()
+    for budget_metric, metric in BUDGET_METRICS.items():
+        columns: dict[str, list] = {"mean": [], "sd": [], "ci95": [], "values": []}
+        for setup in at["setup"]:
+            per_seed = values(history, setup, budget_metric, budget)
+            series = pd.Series([per_seed[s] for s in sorted(per_seed)], dtype=float)
+            n = len(series)
+            sd = float(series.std(ddof=1)) if n > 1 else math.nan
+            columns["mean"].append(float(series.mean()) if n else math.nan)
+            columns["sd"].append(sd)
+            columns["ci95"].append(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan)
+            columns["values"].append(tuple(series))
+        for column, column_values in columns.items():
+            at[f"{metric} {column}"] = column_values
+    at["n"] = [len(values(history, s, BUDGET_PREFIX + VAL_ACC, budget)) for s in at["setup"]]
+    at["converged"] = None  # the ladder replaces the last-epoch gate
+    return at

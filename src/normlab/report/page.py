@@ -268,7 +268,9 @@ def curves(runs: pd.DataFrame, uri: str) -> pd.DataFrame:
             points = sorted(client.get_metric_history(run_id, metric), key=lambda point: point.timestamp)
             rows += [(setup, run_id, metric, point.step, point.value, seed) for point in points]
     history = pd.DataFrame(rows, columns=["setup", "run_id", "metric", "epoch", "value", "seed"])
-    return history.drop_duplicates(["run_id", "metric", "epoch"], keep="last").reset_index(drop=True)
+    return ladder.with_rungs(
+        history.drop_duplicates(["run_id", "metric", "epoch"], keep="last").reset_index(drop=True)
+    )
 
 
 def _training_profile(runs: pd.DataFrame) -> str:
@@ -370,15 +372,15 @@ LADDER_NOTE = (
 def budget_table(summary: pd.DataFrame, history: pd.DataFrame, budgets: list[int]) -> str:
     """One row per setup: each budget's steps, samples and test accuracies, and whether it settled."""
     precise = not history[history["metric"] == ladder.BUDGET_PREFIX + "val/acc_precise"].empty
-    epochs = " / ".join(str(b) for b in budgets)
-    head = ["setup", "n", "steps", "samples", f"val/acc at {epochs} epochs"]
-    head += [f"val/acc_precise at {epochs}"] * precise + ["settled (val/acc)"]
+    epochs = " / ".join(ladder.label(history, b) for b in budgets)
+    head = ["setup", "n", f"steps at {epochs}", "samples", "val/acc"]
+    head += ["val/acc_precise"] * precise + ["settled (val/acc)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     sizes = history[
         history["metric"].isin([ladder.BUDGET_PREFIX + "steps", ladder.BUDGET_PREFIX + "samples"])
     ]
     for setup in summary["setup"]:
-        own = sizes[sizes["setup"] == setup].groupby(["metric", "epoch"])["value"].first()
+        own = sizes[sizes["setup"] == setup].groupby(["metric", "rung"])["value"].first()
         size = {
             name: " / ".join(f"{own.get((ladder.BUDGET_PREFIX + name, b), math.nan):,.0f}" for b in budgets)
             for name in ("steps", "samples")

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from normlab.data.fashion_mnist import CHANCE  # noqa: E402
+from normlab.report import ladder  # noqa: E402
 from normlab.report.findings import by_grid  # noqa: E402  (F6's grids and norm families, so the plot shows the same)
 
 CURVE_METRICS = ("train/acc", "val/acc")
@@ -141,16 +142,16 @@ def plot_setups(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_budgets(history: pd.DataFrame, setups: list[str], budgets: list[int], path: Path) -> None:
+def plot_budgets(history: pd.DataFrame, setups: list[str], budgets: dict[int, str], path: Path) -> None:
     """Test accuracy per setup at every budget of the ladder (``budget/val/acc``): a dot per budget
     at the mean over seeds with its sd as a whisker, the largest budget bold, so a reader sees
-    whether a setup, and the gaps between setups, moved with the budget."""
+    whether a setup, and the gaps between setups, moved with the budget. ``budgets``: rung -> label."""
     rows = list(reversed(setups))  # the first setup on top
     fig, axis = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.8))
     colors = plt.get_cmap("Blues")([0.35 + 0.65 * i / max(len(budgets) - 1, 1) for i in range(len(budgets))])
-    for index, budget in enumerate(budgets):
-        largest = budget == budgets[-1]
-        points = history[(history["metric"] == "budget/val/acc") & (history["epoch"] == budget)]
+    for index, (rung, name) in enumerate(budgets.items()):
+        largest = index == len(budgets) - 1
+        points = history[(history["metric"] == "budget/val/acc") & (history["rung"] == rung)]
         stats = points.groupby("setup")["value"].agg(["mean", "std"]).reindex(rows)
         offset = (index - (len(budgets) - 1) / 2) * 0.12
         axis.errorbar(
@@ -163,7 +164,7 @@ def plot_budgets(history: pd.DataFrame, setups: list[str], budgets: list[int], p
             elinewidth=2.2 if largest else 1.0,
             markeredgecolor="black" if largest else colors[index],
             capsize=3,
-            label=f"{budget} epochs" + (" (largest)" if largest else ""),
+            label=name + (" (largest)" if largest else ""),
         )
     axis.set_yticks(range(len(rows)), rows)
     axis.set_xlabel("test accuracy at each budget (mean ± sd over seeds, moving statistics)")
@@ -240,7 +241,7 @@ def draw_all(
         plot_against(summary, swept, modes, path)
         figures.append((f"test accuracy vs {swept}", path))
     else:
-        budgets = sorted(int(b) for b in history.loc[history["metric"] == "budget/val/acc", "epoch"].unique())
+        budgets = {rung: ladder.label(history, rung) for rung in ladder.budgets(history)}
         if len(budgets) >= 2:
             path = out_dir / "accuracy_per_budget.png"
             plot_budgets(history, list(summary["setup"]), budgets, path)
