@@ -84,6 +84,17 @@ def test_an_option_added_at_its_neutral_value_keeps_recorded_fingerprints(compos
     assert cells.run_name(standardized) == "group-ws-bs256-lr0.9-s0"
 
 
+def test_the_budget_section_at_its_neutral_values_keeps_recorded_fingerprints(compose_config) -> None:
+    """Runs recorded before ``budget`` existed (one budget, its cooldown read by wsd only) keep
+    their fingerprint; a ladder is another cell."""
+    plain = compose_config(["norm=group"])
+    recorded_before = copy.deepcopy(plain)
+    with open_dict(recorded_before):
+        del recorded_before["budget"]
+    laddered = compose_config(["norm=group", "lr_schedule=wsd", "budget.ladder=[0.5,1.0]"])
+    assert cells.fingerprint(plain) == cells.fingerprint(recorded_before) != cells.fingerprint(laddered)
+
+
 def test_a_corrected_label_trains_nothing_again_and_shows_in_the_table(compose_config, store: str) -> None:
     quick = ["data.train_subset=256", "trainer.max_epochs=1", f"tracking.uri={store}"]
     first = fit(compose_config([*quick, "label=BN-LeNet-tpyo"]), [])
