@@ -227,3 +227,40 @@ def test_curves_count_one_value_per_run_metric_and_epoch(store: str) -> None:
     accuracy = history[history["metric"] == "val/acc"]
     assert list(accuracy["epoch"]) == [1, 2, 3]
     assert list(accuracy["value"]) == [0.5, 0.6, 0.7]
+
+
+def test_a_study_with_budgets_gets_a_budget_table_and_verdicts_across_budgets(
+    store: str, tmp_path: Path
+) -> None:
+    """Runs with budget/* results at 2, 4 and 8 epochs: the page shows every budget, whether each
+    setup settled, F7 judged at every budget and across them, and no last-epoch gate."""
+    client = MlflowClient(store)
+    experiment = client.create_experiment("laddered")
+    # "after" is 3 points better at every budget (+ the same per-seed noise as "before"); both
+    # still gain 2 points from 4 to 8 epochs: neither has settled.
+    for setup, gain in (("before", 0.0), ("after", 0.03)):
+        for seed in range(6):
+            noise = 0.002 * (seed - 2.5)
+            run = client.create_run(
+                experiment, tags={"setup": setup, "seed": str(seed), "git_commit": "b" * 40}
+            )
+            budgets = {2: 0.84, 4: 0.86, 8: 0.88}
+            metrics = [Metric("val/acc", budgets[8] + gain + noise, 0, 8), Metric("train/loss", 0.3, 0, 8)]
+            own = 0.0003 * seed if setup == "after" else 0.0  # the difference varies a little by seed
+            for epochs, accuracy in budgets.items():
+                metrics += [
+                    Metric("budget/val/acc", accuracy + gain + noise + own, 0, epochs),
+                    Metric("budget/steps", 100 * epochs, 0, epochs),
+                    Metric("budget/samples", 6400 * epochs, 0, epochs),
+                ]
+            params = [Param("report.question", "Before or after?"), Param("report.baseline", "before")]
+            client.log_batch(run.info.run_id, metrics=metrics, params=params)
+            client.set_terminated(run.info.run_id, "FINISHED")
+    report.write("laddered", store, out_dir=tmp_path)
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "## Budgets" in page and "Converged" not in page
+    assert "| after | 6 | 200 / 400 / 800 | 12,800 / 25,600 / 51,200 |" in page
+    assert page.count("**no** (+2.0 pt") == 2  # neither setup settled between 4 and 8 epochs
+    assert "**At a glance**" in page and "after: robust: better at 4 epochs and 8 epochs" in page
+    assert "better / better / better | **robust**" in page
+    assert (tmp_path / "accuracy_per_budget.png").is_file()

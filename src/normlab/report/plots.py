@@ -65,8 +65,17 @@ def plot_convergence(history: pd.DataFrame, setups: list[str], path: Path) -> No
     plt.close(fig)
 
 
-def plot_against(summary: pd.DataFrame, swept: str, metrics: list[str], path: Path) -> None:
-    """Accuracy against the swept value, one colour per norm, one line style per evaluation mode."""
+def plot_against(
+    summary: pd.DataFrame,
+    swept: str,
+    metrics: list[str],
+    path: Path,
+    smaller: dict[str, pd.DataFrame] | None = None,
+) -> None:
+    """Accuracy against the swept value, one colour per norm, one line style per evaluation mode.
+    ``smaller``: the summary at each smaller budget (label -> summary, smallest first), drawn as
+    thin lines of the norm's colour under the largest budget's bold ones, so a reader sees whether
+    the curve moved with the budget."""
     fig, axis = plt.subplots(figsize=(8, 4.8))
     finite = sorted(v for v in summary[swept].unique() if math.isfinite(v))
     has_inf = any(math.isinf(v) for v in summary[swept].unique())
@@ -74,10 +83,19 @@ def plot_against(summary: pd.DataFrame, swept: str, metrics: list[str], path: Pa
     positions = {v: i for i, v in enumerate(finite + ([math.inf] if has_inf else []))}
     categorical = swept not in LOG_AXES
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    norms = sorted(summary["norm"].unique())
+    for rank, (name, earlier) in enumerate((smaller or {}).items()):
+        for norm, group in earlier.groupby("norm"):
+            group = group.sort_values(swept)
+            x = group[swept].map(positions) if categorical else group[swept]
+            axis.plot(x, group["val/acc mean"], color=colors[norms.index(norm) % len(colors)], linewidth=0.9,
+                      alpha=0.3 + 0.4 * rank / max(len(smaller or {}), 1), marker=".", markersize=3,
+                      label=f"{norm} val/acc at {name}" if norm == norms[0] else None)  # fmt: skip
     for index, (norm, group) in enumerate(summary.groupby("norm")):
         color = colors[index % len(colors)]
-        # Earlier norms drawn wider, so a norm whose curve equals another's still shows beneath it.
-        width = max(3.5 - index, 1.0)
+        # Earlier norms drawn wider, so a norm whose curve equals another's still shows beneath it;
+        # all wider than the smaller budgets' lines.
+        width = max(3.5 - index, 1.0) + (1.0 if smaller else 0.0)
         group = group.sort_values(swept)
         x = group[swept].map(positions) if categorical else group[swept]
         for metric in metrics:
@@ -230,6 +248,7 @@ def draw_all(
     """Draw the study's plots into ``out_dir``; return (title, path) of each."""
     figures = []
     swept = swept_parameter(summary)
+    rungs = ladder.budgets(history)
     if "grid" in summary and summary["grid"].notna().any():
         path = out_dir / "accuracy_vs_statistics_batch.png"
         plot_grids(summary, path)
@@ -238,10 +257,13 @@ def draw_all(
         path = out_dir / f"accuracy_vs_{swept}.png"
         # Beyond three norms, three evaluation modes each would be a tangle: moving statistics only.
         modes = [m for m in MODES if m in metrics] if summary["norm"].nunique() <= 3 else ["val/acc"]
-        plot_against(summary, swept, modes, path)
-        figures.append((f"test accuracy vs {swept}", path))
+        smaller = {ladder.label(history, r): ladder.summary_at(summary, history, r) for r in rungs[:-1]}
+        plot_against(summary, swept, modes, path, smaller)
+        shown = f" at the largest budget (bold) and each smaller one (thin: {', '.join(smaller)})"
+        shown = shown if smaller else ""
+        figures.append((f"test accuracy vs {swept}{shown}", path))
     else:
-        budgets = {rung: ladder.label(history, rung) for rung in ladder.budgets(history)}
+        budgets = {rung: ladder.label(history, rung) for rung in rungs}
         if len(budgets) >= 2:
             path = out_dir / "accuracy_per_budget.png"
             plot_budgets(history, list(summary["setup"]), budgets, path)
