@@ -105,7 +105,6 @@ class IndexBatches:
             images, labels = self.split.images[index], self.split.labels[index]
             yield tuple(zip(images.split(self.batch_size), labels.split(self.batch_size), strict=True))
 
-
     def steps(self, first: int, count: int) -> Iterator[Batch]:
         """The batches of SGD steps ``first`` .. ``first + count - 1`` of the run these batches
         train (step s is batch s % len(self) of epoch s // len(self)), drawn from orders of their
