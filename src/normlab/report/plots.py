@@ -26,6 +26,12 @@ SWEPT = ("batch_size", "momentum", "lr")
 MAX_CURVES = 8
 
 
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _pick_setups(summary: pd.DataFrame, swept: str | None) -> list[str]:
     """All setups when few; else per norm the smallest, a middle and the largest swept value."""
     if len(summary) <= MAX_CURVES or swept is None:
@@ -60,9 +66,7 @@ def plot_convergence(history: pd.DataFrame, setups: list[str], path: Path) -> No
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (mean ± sd over seeds)")
     axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_against(
@@ -125,9 +129,7 @@ def plot_against(
     axis.set_ylabel("test accuracy (mean ± sd over seeds)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_setups(summary: pd.DataFrame, path: Path) -> None:
@@ -155,9 +157,7 @@ def plot_setups(summary: pd.DataFrame, path: Path) -> None:
     axis.set_xlabel("final test accuracy: mean and 95% CI over seeds")
     axis.grid(alpha=0.3, axis="x")
     axis.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_budgets(history: pd.DataFrame, setups: list[str], budgets: dict[int, str], path: Path) -> None:
@@ -188,9 +188,7 @@ def plot_budgets(history: pd.DataFrame, setups: list[str], budgets: dict[int, st
     axis.set_xlabel("test accuracy at each budget (mean ± sd over seeds, moving statistics)")
     axis.grid(alpha=0.3, axis="x")
     axis.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_grids(summary: pd.DataFrame, path: Path) -> None:
@@ -229,9 +227,7 @@ def plot_grids(summary: pd.DataFrame, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("test accuracy (mean ± sd over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def swept_parameter(summary: pd.DataFrame) -> str | None:
