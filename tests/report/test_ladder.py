@@ -103,3 +103,33 @@ def test_a_cell_that_moved_two_points_between_budgets_is_not_settled() -> None:
 def test_a_verdict_that_changes_at_a_better_lr_is_lr_dependent() -> None:
     assert ladder.lr_dependent("better", 0.86, {0.5: ("better", 0.85), 2.0: ("within a point", 0.88)})
     assert ladder.lr_dependent("better", 0.86, {0.5: ("within a point", 0.80)}) == ""  # a worse lr
+
+
+def test_a_finding_whose_verdict_changes_at_a_better_lr_is_reported_lr_dependent(monkeypatch) -> None:
+    """The main grid's cells at their smallest budget against the check grid's at half and twice
+    the lr: a finding that flips where the cells train better is lr-dependent, one that flips only
+    where they train worse is not."""
+    from normlab.report import findings
+
+    def rows(setups: dict[str, tuple[float, list[float]]], budgets: tuple[int, ...]):
+        summary = pd.DataFrame([{"setup": s, "lr_factor": f, "n": len(v)} for s, (f, v) in setups.items()])
+        history = _history({s: {b: v for b in budgets} for s, (_, v) in setups.items()})
+        return summary, history
+
+    def verdict_by_mean(summary: pd.DataFrame):  # a finding: "holds" while the cells' mean is in (0.8, 0.85)
+        holds = 0.8 < summary["val/acc mean"].mean() < 0.85
+        return findings.Finding("FX", "claim", "evidence", "holds" if holds else "does not hold")
+
+    monkeypatch.setattr(findings, "SUMMARY_CHECKS", (verdict_by_mean,))
+    main, main_history = rows({"a": (1.0, [0.80, 0.81]), "b": (1.0, [0.82, 0.83])}, (2, 4))
+    better, better_history = rows({"a x2": (2.0, [0.88, 0.89]), "b x2": (2.0, [0.86, 0.87])}, (1,))
+    worse, worse_history = rows({"a x0.5": (0.5, [0.90, 0.91])}, (1,))
+    worse_history = worse_history.assign(value=worse_history["value"] - 0.2)  # trains worse, flips too
+    history = pd.concat([main_history, better_history.assign(run_id="c" + better_history["run_id"]),
+                         worse_history.assign(run_id="w" + worse_history["run_id"])])  # fmt: skip
+    checked = pd.concat([better, worse])
+    (result,) = findings.lr_dependence(main, checked, history)
+    assert result.verdicts == {1.0: "holds", 2.0: "does not hold", 0.5: "does not hold"}
+    assert "lr-dependent" in result.dependent and "at 2x the lr" in result.dependent
+    (unchanged,) = findings.lr_dependence(main, worse, history)
+    assert unchanged.dependent == ""

@@ -78,6 +78,7 @@ def refusal(cfg: DictConfig) -> str | None:
 # Options added after runs were recorded, at the value that computes what those runs computed:
 # left out of the fingerprint there, so adding an option retrains nothing.
 ADDED_AT_NEUTRAL = {
+    ("lr_factor",): 1.0,
     ("model", "weight_standardization"): False,
     ("budget", "ladder"): [1.0],  # one budget: the run's own end
     ("budget", "cooldown"): 0.2,  # read by lr_schedule=wsd only, which came with it
@@ -90,7 +91,12 @@ def fingerprint(cfg: DictConfig) -> str:
     ``ADDED_AT_NEUTRAL`` options at their neutral value)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
-    for (section, option), neutral in ADDED_AT_NEUTRAL.items():
+    for key, neutral in ADDED_AT_NEUTRAL.items():
+        if len(key) == 1:  # a top-level option
+            if resolved.get(key[0], neutral) == neutral:
+                resolved.pop(key[0], None)
+            continue
+        section, option = key
         if section in resolved and resolved[section].get(option, neutral) == neutral:
             resolved[section].pop(option, None)
             if not resolved[section]:
@@ -100,14 +106,16 @@ def fingerprint(cfg: DictConfig) -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """``<norm>[-vb<virtual batch>][-ws]-bs<batch>[-m<momentum>]-lr<lr>-s<seed>``: what tells cells apart
-    in the UI's run list (the model is a tag and part of the setup name). Norms without running
-    statistics have no momentum, and their names none."""
+    """``<norm>[-vb<virtual batch>][-ws]-bs<batch>[-m<momentum>]-lr<lr>[x<lr_factor>]-s<seed>``: what
+    tells cells apart in the UI's run list (the model is a tag and part of the setup name). Norms
+    without running statistics have no momentum, and their names none."""
     virtual = cfg.norm.get("virtual_batch_size")
     kind = cfg.norm.kind + (f"-vb{virtual}" if virtual is not None else "")
     kind += "-ws" if cfg.model.get("weight_standardization") else ""
     momentum = f"-m{cfg.norm.momentum}" if "momentum" in cfg.norm else ""
-    return f"{kind}-bs{cfg.data.batch_size}{momentum}-lr{cfg.optimizer.lr}-s{cfg.seed}"
+    factor = cfg.get("lr_factor", 1.0)
+    checked = "" if factor == 1.0 else f"x{factor}"
+    return f"{kind}-bs{cfg.data.batch_size}{momentum}-lr{cfg.optimizer.lr}{checked}-s{cfg.seed}"
 
 
 def setup_name(cfg: DictConfig) -> str:

@@ -53,6 +53,7 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "model.weight_standardization": ("true or false", lambda v: isinstance(v, bool)),
     "trainer.max_epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "lr_scaling": ("constant or linear", lambda v: v in ("constant", "linear")),
+    "lr_factor": ("a finite number > 0", lambda v: _number(v) and 0 < v < math.inf),
     "warmup_samples": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
     "lr_schedule": ("constant, cosine or wsd", lambda v: v in ("constant", "cosine", "wsd")),
     "budget.ladder": (
@@ -99,7 +100,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def effective_lr(cfg: DictConfig) -> float:
-    """``optimizer.lr``, scaled by batch_size / 256 when ``lr_scaling=linear`` (lr is the batch-256 rate)."""
-    if cfg.lr_scaling == "linear":
-        return cfg.optimizer.lr * cfg.data.batch_size / 256
-    return cfg.optimizer.lr
+    """``optimizer.lr``, scaled by batch_size / 256 when ``lr_scaling=linear`` (lr is the batch-256
+    rate), times ``lr_factor`` (a check of the scaled lr: is it the finding?)."""
+    lr = cfg.optimizer.lr * cfg.data.batch_size / 256 if cfg.lr_scaling == "linear" else cfg.optimizer.lr
+    factor = cfg.get("lr_factor", 1.0)
+    return lr if factor == 1.0 else lr * factor

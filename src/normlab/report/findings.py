@@ -593,6 +593,40 @@ def over_budgets(
     return Finding(last.name, last.claim, "judged at every budget", verdict, "\n".join(rows))
 
 
+@dataclass(frozen=True)
+class LrCheck:
+    """One finding at the smallest budget at the scaled lr and at the check grid's other lrs."""
+
+    name: str
+    verdicts: dict[float, str]  # lr factor (1.0: the scaled lr) -> the finding's verdict there
+    means: dict[float, float]  # lr factor -> the mean test accuracy of the cells compared
+    dependent: str  # why the verdict is lr-dependent, or ""
+
+
+def lr_dependence(main: pd.DataFrame, checked: pd.DataFrame, history: pd.DataFrame) -> list[LrCheck]:
+    """Is the lr the finding? Each summary finding at the smallest budget of the main grid (its
+    scaled lr) and of the check grid's cells at other lrs (``lr_factor``, one budget: the same
+    size): lr-dependent where its verdict changes at an lr whose cells reach a higher mean test
+    accuracy (``ladder.lr_dependent``)."""
+    rungs = ladder.budgets(history)
+    if checked.empty or not rungs:
+        return []
+    at = {1.0: ladder.summary_at(main, history, rungs[0])}
+    for factor, cells in checked.groupby("lr_factor"):
+        at[float(factor)] = ladder.summary_at(cells, history, 1)
+    results = []
+    for check in SUMMARY_CHECKS:
+        found = {factor: check(summary) for factor, summary in at.items()}
+        if found[1.0] is None:
+            continue
+        verdicts = {f: finding.verdict for f, finding in found.items() if finding is not None}
+        means = {f: float(at[f]["val/acc mean"].mean()) for f in verdicts}
+        others = {f: (verdicts[f], means[f]) for f in verdicts if f != 1.0}
+        dependent = ladder.lr_dependent(verdicts[1.0], means[1.0], others)
+        results.append(LrCheck(found[1.0].name, verdicts, means, dependent))
+    return results
+
+
 def evaluate(
     summary: pd.DataFrame, history: pd.DataFrame, question: str | None = None, baseline: str | None = None
 ) -> list[Finding]:

@@ -140,6 +140,10 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "norm": _column(group, "tags.norm").iloc[0],
             **{key: _number(_column(group, f"tags.{key}").iloc[0]) for key in SWEPT},
             "effective_lr": pd.to_numeric(_column(finished, "metrics.lr"), errors="coerce").mean(),
+            # A check grid's multiple of the scaled lr (params recorded before it existed: 1).
+            "lr_factor": pd.to_numeric(_column(group, "params.lr_factor"), errors="coerce")
+            .fillna(1.0)
+            .iloc[0],
             "n": len(finished),
             "failed": len(failed),
             "diverged": int((final_loss > DIVERGED_LOSS).sum())
@@ -369,6 +373,28 @@ LADDER_NOTE = (
 )
 
 
+LR_CHECK_NOTE = (
+    "The check grid (`report.grid=lr_check`) trains every (norm, batch size) at half and twice its "
+    "scaled lr (`lr_factor`), at the main grid's smallest budget; each finding is judged there at every "
+    "lr. A finding is **lr-dependent** where its verdict changes at an lr whose cells reach a higher "
+    "mean test accuracy than the scaled lr's (the mean over all the cells it compares)."
+)
+
+
+def lr_check_table(checks: list[findings.LrCheck]) -> str:
+    factors = sorted({factor for check in checks for factor in check.verdicts})
+    head = ["finding", *(f"lr x{f:g} (mean acc)" for f in factors), "lr-dependent?"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for check in checks:
+        cells = [
+            f"{check.verdicts[f]} ({check.means[f]:.3f})" if f in check.verdicts else "–" for f in factors
+        ]
+        lines.append(
+            "| " + " | ".join([check.name, *cells, check.dependent or "no"]).replace("\n", " ") + " |"
+        )
+    return "\n".join(lines)
+
+
 def budget_table(summary: pd.DataFrame, history: pd.DataFrame, budgets: list[int]) -> str:
     """One row per setup: each budget's steps, samples and test accuracies, and whether it settled."""
     precise = not history[history["metric"] == ladder.BUDGET_PREFIX + "val/acc_precise"].empty
@@ -431,6 +457,10 @@ def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
         float(latest_param(runs, "report.converged.max_loss_change") or convergence.Gate.max_loss_change),
     )
     summary = summarize(runs)
+    # A check grid at other lrs (lr_factor) asks whether the lr is the finding: its cells are not
+    # setups of the study's own table.
+    checked = summary[summary["lr_factor"] != 1.0].reset_index(drop=True)
+    summary = summary[summary["lr_factor"] == 1.0].reset_index(drop=True)
     budgets = ladder.budgets(history)
     gated = len(budgets) < 2  # a ladder of budgets replaces the last-epoch gate
     gates = convergence.gate_all(history, list(summary["setup"]) if gated else [], gate).set_index("setup")
@@ -443,10 +473,15 @@ def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
     )
     question = latest_param(runs, "report.question")
     found = findings.evaluate(summary, history, question, latest_param(runs, "report.baseline"))
+    lr_checks = findings.lr_dependence(summary, checked, history)
+    dependent = {check.name: check.dependent for check in lr_checks if check.dependent}
     sections = [header(study, runs), *(["", f"**Question.** {question}"] if question else [])]
     if found and not gated:
         sections += ["", "**At a glance** (details under Findings):", ""]
-        sections += [f"- **{f.name}** {f.verdict}" for f in found]
+        sections += [
+            f"- **{f.name}** {f.verdict}" + (f"; **{dependent[f.name]}**" if f.name in dependent else "")
+            for f in found
+        ]
     sections += design(study)
     if not gated:
         sections += ["", "## Budgets", "", BUDGETS_NOTE, "", budget_table(summary, history, budgets)]
@@ -462,6 +497,8 @@ def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
                 sections += [f"**{f.name}** — {f.claim} ({f.evidence}) → **{f.verdict}**", "", f.table, ""]
             else:
                 sections += [f"- **{f.name}** — {f.claim}: {f.evidence} → **{f.verdict}**"]
+    if lr_checks:
+        sections += ["", "## Is the lr the finding?", "", LR_CHECK_NOTE, "", lr_check_table(lr_checks)]
     compared = comparison(summary)
     if compared:
         sections += [
