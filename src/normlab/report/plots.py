@@ -94,7 +94,7 @@ def plot_against(
             x = group[swept].map(positions) if categorical else group[swept]
             axis.plot(x, group["val/acc mean"], color=colors[norms.index(norm) % len(colors)], linewidth=0.9,
                       alpha=0.3 + 0.4 * rank / max(len(smaller or {}), 1), marker=".", markersize=3,
-                      label=f"{norm} val/acc at {name}" if norm == norms[0] else None)  # fmt: skip
+                      label=f"val/acc at {name} (thin)" if norm == norms[0] else None)  # fmt: skip
     for index, (norm, group) in enumerate(summary.groupby("norm")):
         color = colors[index % len(colors)]
         # Earlier norms drawn wider, so a norm whose curve equals another's still shows beneath it;
