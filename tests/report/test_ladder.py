@@ -103,6 +103,8 @@ def test_a_cell_that_moved_two_points_between_budgets_is_not_settled() -> None:
 def test_a_verdict_that_changes_at_a_better_lr_is_lr_dependent() -> None:
     assert ladder.lr_dependent("better", 0.86, {0.5: ("better", 0.85), 2.0: ("within a point", 0.88)})
     assert ladder.lr_dependent("better", 0.86, {0.5: ("within a point", 0.80)}) == ""  # a worse lr
+    # a check grid's 2 seeds that cannot decide change no verdict
+    assert ladder.lr_dependent("reproduced", 0.86, {2.0: ("not measurable: too few seeds", 0.88)}) == ""
 
 
 def test_a_finding_whose_verdict_changes_at_a_better_lr_is_reported_lr_dependent(monkeypatch) -> None:

@@ -225,14 +225,23 @@ def across(ladder: list[AtBudget]) -> Across:
     return Across("budget-dependent", last.verdict, statement, assumption)
 
 
+UNDECIDED_WORDS = ("undecided", "not measurable", "too few seeds")
+
+
+def decided(verdict: str) -> bool:
+    """Whether a verdict says something: a check grid's few seeds may leave it undecided, which is
+    no change of verdict."""
+    return not any(word in verdict for word in UNDECIDED_WORDS)
+
+
 def lr_dependent(verdict: str, mean: float, at_other_lrs: dict[float, tuple[str, float]]) -> str:
     """'' where no lr that trains the compared setups better (a higher mean accuracy than
-    ``mean``) gives another verdict; else why the verdict is *lr-dependent*. ``at_other_lrs``:
-    lr factor -> (the verdict there, the compared setups' mean accuracy there)."""
+    ``mean``) gives another decided verdict; else why the verdict is *lr-dependent*.
+    ``at_other_lrs``: lr factor -> (the verdict there, the compared setups' mean accuracy there)."""
     changed = [
         f"{other} at {factor:g}x the lr (mean accuracy {other_mean:.3f} vs {mean:.3f})"
         for factor, (other, other_mean) in sorted(at_other_lrs.items())
-        if other != verdict and other_mean > mean
+        if other != verdict and other_mean > mean and decided(other)
     ]
     return f"lr-dependent: {'; '.join(changed)}" if changed else ""
 

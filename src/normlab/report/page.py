@@ -287,7 +287,7 @@ def _training_profile(runs: pd.DataFrame) -> str:
     return ", ".join(parts) + note
 
 
-def header(study: str, runs: pd.DataFrame) -> str:
+def header(study: str, runs: pd.DataFrame, table_commit: str) -> str:
     commits = sorted(
         f"{c[:10]}{' (dirty)' if d == 'true' else ''}"
         for c, d in set(zip(runs["tags.git_commit"], _column(runs, "tags.git_dirty"), strict=True))
@@ -309,7 +309,7 @@ def header(study: str, runs: pd.DataFrame) -> str:
             f"- training: {_training_profile(runs)}",
             f"- machine: {'; '.join(machines) or 'unknown'}; device: {', '.join(devices) or 'unknown'}",
             f"- commit the runs trained at: {', '.join(commits)}",
-            f"- table generated: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by commit {_table_commit()}",
+            f"- table generated: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by commit {table_commit}",
         ]
     )
 
@@ -450,6 +450,7 @@ def latest_param(runs: pd.DataFrame, key: str) -> str | None:
 
 def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
     """Write RESULTS.md, results.csv and plots for ``study`` and log them to its latest sweep."""
+    table_commit = _table_commit()  # before this page's own files change the tree
     runs = load_runs(study, uri)
     history = curves(runs, uri)
     gate = convergence.Gate(
@@ -475,7 +476,7 @@ def write(study: str, uri: str, out_dir: Path | None = None) -> pd.DataFrame:
     found = findings.evaluate(summary, history, question, latest_param(runs, "report.baseline"))
     lr_checks = findings.lr_dependence(summary, checked, history)
     dependent = {check.name: check.dependent for check in lr_checks if check.dependent}
-    sections = [header(study, runs), *(["", f"**Question.** {question}"] if question else [])]
+    sections = [header(study, runs, table_commit), *(["", f"**Question.** {question}"] if question else [])]
     if found and not gated:
         sections += ["", "**At a glance** (details under Findings):", ""]
         sections += [
