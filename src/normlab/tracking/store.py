@@ -70,14 +70,20 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# What a results page writes (experiments/<study>/: RESULTS.md, results.csv, plots) computes nothing:
+# a regenerated, not yet committed page leaves the code clean.
+GENERATED = ":(exclude,glob)experiments/*/**"
+
+
 def git_state() -> tuple[str, bool]:
-    """(commit, dirty) of the project checkout; ("unknown", False) outside git."""
+    """(commit, dirty) of the project checkout, generated results pages aside; ("unknown", False)
+    outside git."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", GENERATED],
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
