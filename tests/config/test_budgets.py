@@ -55,6 +55,8 @@ def test_min_steps_raises_the_epochs_to_whole_budgets(compose_config) -> None:
         (["budget.ladder=[0.5,1.0]"], "needs lr_schedule=wsd"),
         (["lr_schedule=wsd", "budget.ladder=[0.5,1.0]", "trainer.max_epochs=2", "warmup_samples=60000"],
          "inside the warm-up"),
+        (["lr_schedule=wsd", "budget.ladder=[0.5,1.0]", "trainer.max_epochs=2", "data.train_subset=256"],
+         "before any step"),  # one step an epoch: the smallest budget's decay is its only step
         (["lr_schedule=wsd", "budget.ladder=[0,1.0]"], "budget.ladder"),
         (["lr_schedule=wsd", "budget.cooldown=1.5"], "budget.cooldown"),
         (["budget.min_steps=-1"], "budget.min_steps"),

@@ -150,10 +150,10 @@ def read_schedule(cfg: DictConfig, data: DataSpec) -> Schedule:
     )
     warmup = schedule.warmup_steps(data.batch_size)
     smallest = schedule.budgets(data)[0]
-    if shape == "wsd" and smallest.fork_step < warmup:
+    if shape == "wsd" and smallest.fork_step < max(warmup, 1):
+        where = f"inside the warm-up ({warmup} steps)" if warmup else "before any step"
         raise rules.ConfigError(
             f"the smallest budget ({smallest.epochs} epochs, {smallest.steps} steps) would start its decay "
-            f"at step {smallest.fork_step}, inside the warm-up ({warmup} steps): raise trainer.max_epochs "
-            "or lower warmup_samples"
+            f"at step {smallest.fork_step}, {where}: raise trainer.max_epochs or lower warmup_samples"
         )
     return schedule
