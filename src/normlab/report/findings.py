@@ -526,7 +526,11 @@ def against_baseline_over_budgets(
     metrics = [m for m in ladder.BUDGET_METRICS if not history[history["metric"] == m].empty]
     tables, verdicts = [], []
     for metric in metrics:
-        table, verdict = _ladder_table(history, setups, baseline, metric)
+        # the setups that have the metric at all (no PreciseBN without BN), the baseline first among them
+        have = set(history.loc[history["metric"] == metric, "setup"])
+        if baseline not in have:
+            continue
+        table, verdict = _ladder_table(history, [s for s in setups if s in have], baseline, metric)
         tables.append(f"`{metric}`:\n\n{table}")
         verdicts.append(f"{ladder.BUDGET_METRICS[metric]}: " + "; ".join(verdict))
     evidence = "paired t where setups share seeds, else Welch; Holm over the setups at each budget"
