@@ -198,7 +198,7 @@ def _train(members: list[Member], spec: CellSpec) -> dict[int, Result]:
             evaluated = evaluate(member, member.net.to(device), module.model.unfused(position))
             after = {key: evaluated[key] for key in (VAL_ACC_PRECISE, VAL_ACC_BATCHSTATS) if key in evaluated}
             member.run.log_epoch(after, total)
-            if len(budgets) > 1:  # a ladder: its largest budget too
+            if spec.schedule.shape == "wsd":  # budgets: its largest too
                 record_budget(member.run, budgets[-1], evaluated)
             final.update(after)
         outcome = member.run.finish(final)

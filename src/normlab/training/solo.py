@@ -67,7 +67,7 @@ def train(spec: CellSpec, run: CellRun, trainer: pl.Trainer, net: torch.nn.Modul
             evaluated = evaluate(net)
             after = {key: evaluated[key] for key in (VAL_ACC_PRECISE, VAL_ACC_BATCHSTATS) if key in evaluated}
             run.log_epoch(after, spec.schedule.epochs)
-            if len(budgets) > 1:  # a ladder: its largest budget too
+            if spec.schedule.shape == "wsd":  # budgets: its largest too
                 record_budget(run, budgets[-1], evaluated)
             final.update(after)
     if stopped.failed:
