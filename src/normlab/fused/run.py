@@ -30,9 +30,9 @@ from normlab.fused.branch import fused_branch
 from normlab.fused.model import FusedLeNet
 from normlab.fused.module import FusedCalls, FusedClassifier
 from normlab.tracking import checkpoints
-from normlab.tracking.names import FUSED_WITH_TAG, VAL_ACC, VAL_ACC_BATCHSTATS, VAL_ACC_PRECISE
+from normlab.tracking.names import FUSED_WITH_TAG, VAL_ACC
 from normlab.training import lifecycle
-from normlab.training.branches import Forks, has_budget, record_budget
+from normlab.training.branches import Forks, has_budget, record_budget, record_end
 from normlab.training.inputs import load_inputs, make_trainer, quiet_libraries, seeded_net
 from normlab.training.interrupt import SafeInterrupt
 from normlab.training.lifecycle import CellRun, Outcome, RunFailed, say
@@ -196,11 +196,7 @@ def _train(members: list[Member], spec: CellSpec) -> dict[int, Result]:
         final = dict(module.epoch_metrics[position] or {})
         if trained:  # the largest budget: the trunk's own end
             evaluated = evaluate(member, member.net.to(device), module.model.unfused(position))
-            after = {key: evaluated[key] for key in (VAL_ACC_PRECISE, VAL_ACC_BATCHSTATS) if key in evaluated}
-            member.run.log_epoch(after, total)
-            if spec.schedule.shape == "wsd":  # budgets: its largest too
-                record_budget(member.run, budgets[-1], evaluated)
-            final.update(after)
+            final.update(record_end(member.run, budgets, spec.schedule.shape, evaluated))
         outcome = member.run.finish(final)
         results[member.index] = Result(member.run.name, outcome.action, outcome=outcome)
     return results

@@ -21,7 +21,14 @@ from torch import nn
 
 from normlab.config.budgets import Budget, LrSchedule
 from normlab.data.batches import Batch
-from normlab.tracking.names import BUDGET_PREFIX, BUDGET_SAMPLES, BUDGET_STEPS, BUDGET_VAL_ACC
+from normlab.tracking.names import (
+    BUDGET_PREFIX,
+    BUDGET_SAMPLES,
+    BUDGET_STEPS,
+    BUDGET_VAL_ACC,
+    VAL_ACC_BATCHSTATS,
+    VAL_ACC_PRECISE,
+)
 from normlab.training.lifecycle import CellRun, say
 from normlab.training.module import OptimizerFactory, sgd_step
 
@@ -45,6 +52,18 @@ def record_budget(run: CellRun, budget: Budget, evaluated: dict[str, float]) -> 
     run.log_epoch(budget_metrics(budget, evaluated), budget.epochs)
     shown = ", ".join(f"{key} {value:.4f}" for key, value in evaluated.items() if "acc" in key)
     say(f"[{run.name}] budget {budget.epochs} epochs ({budget.steps} steps): {shown}")
+
+
+def record_end(
+    run: CellRun, budgets: Sequence[Budget], shape: str, evaluated: dict[str, float]
+) -> dict[str, float]:
+    """The trunk's end, evaluated in every mode: PreciseBN's and batch statistics' accuracy at its
+    last epoch and, under wsd, the largest budget's results; the metrics it adds to the final ones."""
+    after = {key: evaluated[key] for key in (VAL_ACC_PRECISE, VAL_ACC_BATCHSTATS) if key in evaluated}
+    run.log_epoch(after, budgets[-1].epochs)
+    if shape == "wsd":  # constant and cosine runs have no budgets: they record what they always did
+        record_budget(run, budgets[-1], evaluated)
+    return after
 
 
 class Forks:

@@ -16,9 +16,8 @@ from normlab.config.cell import CellSpec, read_cell
 from normlab.data.batches import SGDCalls
 from normlab.evaluation.annealed import every_mode
 from normlab.tracking import checkpoints
-from normlab.tracking.names import VAL_ACC_BATCHSTATS, VAL_ACC_PRECISE
 from normlab.training import lifecycle
-from normlab.training.branches import Forks, has_budget, record_budget, solo_branch
+from normlab.training.branches import Forks, has_budget, record_budget, record_end, solo_branch
 from normlab.training.callbacks import EpochCheckpoint
 from normlab.training.inputs import load_inputs, make_trainer, quiet_libraries, seeded_net
 from normlab.training.interrupt import SafeInterrupt
@@ -64,12 +63,7 @@ def train(spec: CellSpec, run: CellRun, trainer: pl.Trainer, net: torch.nn.Modul
         )
         final = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if trainer.current_epoch > 0:  # the largest budget: the trunk's own end
-            evaluated = evaluate(net)
-            after = {key: evaluated[key] for key in (VAL_ACC_PRECISE, VAL_ACC_BATCHSTATS) if key in evaluated}
-            run.log_epoch(after, spec.schedule.epochs)
-            if spec.schedule.shape == "wsd":  # budgets: its largest too
-                record_budget(run, budgets[-1], evaluated)
-            final.update(after)
+            final.update(record_end(run, budgets, spec.schedule.shape, evaluate(net)))
     if stopped.failed:
         raise RunFailed(stopped.failed[0]) from stopped.error
     return final
