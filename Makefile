@@ -30,10 +30,13 @@ browser: ## install Debian's chromium + chromedriver for the UI test when root o
 	@if ! { command -v chromium && command -v chromedriver; } >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; fi
 
-# A study may have more grids than one product: experiments/<EXP>__<grid>.yaml run after its own.
-GRIDS = $(EXP) $(patsubst experiments/%.yaml,%,$(wildcard experiments/$(EXP)__*.yaml))
+# A study may have more grids than one product: experiments/<EXP>__<grid>.yaml run after its own,
+# except named extra grids (<EXP>__extra_<name>.yaml), which run only when asked: EXTRA="<name> ...".
+EXTRA ?=
+GRIDS = $(EXP) $(filter-out $(EXP)__extra_%,$(patsubst experiments/%.yaml,%,$(wildcard experiments/$(EXP)__*.yaml))) \
+	$(addprefix $(EXP)__extra_,$(EXTRA))
 
-sweep: venv data ## run study EXP (default d2l_bn_lenet) over its grids, then write its table; ARGS= adds overrides
+sweep: venv data ## run study EXP (default d2l_bn_lenet) over its grids (EXTRA= adds named extra grids), then its table; ARGS= adds overrides
 	@status=0; for grid in $(GRIDS); do $(PY) -m normlab.train -m experiment=$$grid $(ARGS) || status=1; done; \
 	$(PY) -m normlab.report $(EXP) && exit $$status
 
