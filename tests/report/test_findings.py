@@ -318,6 +318,28 @@ def test_a_diverged_cell_is_a_fall_not_a_missing_point() -> None:
     assert "EvoNorm-B0" in findings.which_stay_within_a_point(summary).verdict.split("fall: ")[1]
 
 
+def test_f8_over_budgets_judges_each_curve_at_the_two_largest() -> None:
+    """norm_batch's question at every budget, curve by curve: BN falls at both larger budgets (it
+    holds), group norm falls at the middle budget and is flat at the largest (budget-dependent),
+    FRN is flat at both but missing at the smallest (it still holds); the table has every budget."""
+    dip = {**FLAT, 2: 0.75}
+    at = {
+        "B/4": _by_batch({"scratch": FALLING, "group": dip}),
+        "B/2": _by_batch({"scratch": FALLING, "group": dip, "frn": FLAT}),
+        "B": _by_batch({"scratch": FALLING, "group": FLAT, "frn": FLAT}),
+    }
+    finding = findings.curves_over_budgets(at)
+    assert finding.verdict == "at B/2 and B: BN fall, FRN stay within a point; budget-dependent: group"
+    assert "| group | fall (largest fall +5.6 pt) | fall (largest fall +5.6 pt) | stay within a point" in (
+        finding.table
+    )
+    assert "| FRN | – | stay within a point" in finding.table
+    assert (
+        findings.curves_over_budgets({"B": at["B"]}).verdict
+        == findings.which_stay_within_a_point(at["B"]).verdict
+    )
+
+
 def _f7_summary() -> pd.DataFrame:
     return _summary(
         [

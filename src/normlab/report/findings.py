@@ -403,34 +403,90 @@ def small_batches_within_a_point(summary: pd.DataFrame) -> Finding | None:
     return Finding("F6", claim, evidence, "reproduced" if expected else "not reproduced")
 
 
+F8_CLAIM = "Which norms stay within 1 point of their best accuracy down to statistics batch 2?"
+F8_HEADINGS = {
+    "flat": "stay within a point",
+    "falls": "fall",
+    "undecided": "undecided (too few seeds)",
+    "unconverged": "not measurable",
+}
+
+
+def _curve_answers(summary: pd.DataFrame) -> dict[str, tuple[str, Curve]] | None:
+    """F8's answer per curve (its label -> a key of ``F8_HEADINGS`` and the curve), or None where
+    the study has no curve down to statistics batch 2."""
+    curves = statistics_batch_curves(summary)
+    stats = {row["statistics_batch"] for curve in curves for row in curve.rows}
+    if not curves or 2 not in stats:
+        return None
+    answers = {}
+    for curve in curves:
+        label = curve.family + (f" [{curve.grid}]" if curve.grid else "")
+        stuck = unconverged(curve.rows)
+        unmeasured = stuck and not any(_diverged(row) for row in curve.rows)  # a diverged seed is final
+        answers[label] = ("unconverged" if unmeasured else curve.state, curve)
+    return answers
+
+
 def which_stay_within_a_point(summary: pd.DataFrame) -> Finding | None:
     """F8, the statistics-batch study's question for every norm it trains: which stay within one
     point of their best accuracy down to a statistics batch of 2 (F6's test, per grid, Holm over
     all curves): flat, falls, or undecided when the seeds cannot tell a fall from noise. A curve
     with an unconverged cell is "not measurable" on its own (unless a seed diverged: that is
     final); the others still answer."""
-    curves = statistics_batch_curves(summary)
-    stats = {row["statistics_batch"] for curve in curves for row in curve.rows}
-    if not curves or 2 not in stats:
+    answers = _curve_answers(summary)
+    if answers is None:
         return None
-    claim = "Which norms stay within 1 point of their best accuracy down to statistics batch 2?"
-    answers: dict[str, list[str]] = {"flat": [], "falls": [], "undecided": [], "unconverged": []}
-    for curve in curves:
-        label = curve.family + (f" [{curve.grid}]" if curve.grid else "")
-        stuck = unconverged(curve.rows)
-        if stuck and not any(_diverged(row) for row in curve.rows):  # a diverged seed is final
-            shown = ", ".join(stuck[:3]) + (" ..." if len(stuck) > 3 else "")
-            answers["unconverged"].append(f"{label} (not converged: {shown})")
+    grouped: dict[str, list[str]] = {key: [] for key in F8_HEADINGS}
+    for label, (key, curve) in answers.items():
+        if key == "unconverged":
+            stuck = unconverged(curve.rows)
+            label += f" (not converged: {', '.join(stuck[:3]) + (' ...' if len(stuck) > 3 else '')})"
+        grouped[key].append(label)
+    verdict = "; ".join(f"{F8_HEADINGS[key]}: {', '.join(names)}" for key, names in grouped.items() if names)
+    return Finding("F8", F8_CLAIM, "; ".join(curve.describe() for _, curve in answers.values()), verdict)
+
+
+def curves_over_budgets(at: dict[str, pd.DataFrame]) -> Finding | None:
+    """F8 at every budget (``at``: its label -> the summary there, smallest first), curve by curve:
+    a norm's answer holds across budgets where it is the same at the two largest (and decided: flat
+    or falls), else the curve is budget-dependent; a table gives each curve's answer and largest
+    fall at each budget. (No extrapolation to the next doubling, as for ``over_budgets``.)"""
+    found = {budget: _curve_answers(summary) for budget, summary in at.items()}
+    judged = {budget: answers for budget, answers in found.items() if answers is not None}
+    if len(judged) < 2:  # curves down to batch 2 at one budget only: judged there
+        return which_stay_within_a_point(at[next(iter(judged))]) if judged else None
+    budgets = list(judged)
+    labels = list(dict.fromkeys(label for answers in judged.values() for label in answers))
+
+    def cell(budget: str, label: str) -> str:
+        if label not in judged[budget]:
+            return "–"
+        key, curve = judged[budget][label]
+        worst = max((drop.fall.estimate for drop in curve.drops), default=math.nan)
+        return f"{F8_HEADINGS[key]} (largest fall {worst * 100:+.1f} pt)"
+
+    outcomes = ("holds", "budget-dependent", "undecided", "not measurable")
+    grouped: dict[str, list[str]] = {key: [] for key in outcomes}
+    header = "| norm [grid] | " + " | ".join(budgets) + " | across budgets |"
+    rows = [header, "|---" * (len(budgets) + 2) + "|"]
+    for label in labels:
+        last, before = (judged[b][label][0] if label in judged[b] else None for b in budgets[-2:])
+        if last in ("flat", "falls") and before == last:
+            across = f"{F8_HEADINGS[last]} at {budgets[-2]} and {budgets[-1]}"
+            grouped["holds"].append(f"{label} {F8_HEADINGS[last]}")
         else:
-            answers[curve.state].append(label)
-    headings = {
-        "flat": "stay within a point",
-        "falls": "fall",
-        "undecided": "undecided (too few seeds)",
-        "unconverged": "not measurable",
-    }
-    verdict = "; ".join(f"{headings[key]}: {', '.join(names)}" for key, names in answers.items() if names)
-    return Finding("F8", claim, "; ".join(curve.describe() for curve in curves), verdict)
+            undecided = {last, before} <= {"flat", "falls", "undecided"} and "undecided" in {last, before}
+            missing = last in (None, "unconverged") or before in (None, "unconverged")
+            across = "not measurable" if missing else "undecided" if undecided else "budget-dependent"
+            grouped[across].append(label)
+        rows.append(f"| {label} | " + " | ".join(cell(b, label) for b in budgets) + f" | {across} |")
+    verdict = f"at {budgets[-2]} and {budgets[-1]}: " + (", ".join(grouped.pop("holds")) or "no curve holds")
+    verdict += "".join(f"; {key}: {', '.join(names)}" for key, names in grouped.items() if names)
+    evidence = "judged at every budget; the largest: " + "; ".join(
+        curve.describe() for _, curve in judged[budgets[-1]].values()
+    )
+    return Finding("F8", F8_CLAIM, evidence, verdict, "\n".join(rows))
 
 
 def _difference(row: dict, base: dict, metric: str) -> tuple[Contrast, str]:
@@ -641,7 +697,8 @@ def evaluate(
         at = {ladder.label(history, rung): ladder.summary_at(summary, history, rung) for rung in budgets}
         checks = [
             converges_faster(summary, history),
-            *(over_budgets(check, at) for check in SUMMARY_CHECKS),
+            *(over_budgets(check, at) for check in SUMMARY_CHECKS if check is not which_stay_within_a_point),
+            curves_over_budgets(at),
             against_baseline(summary, question, baseline, history),
         ]
         return [finding for finding in checks if finding is not None]
