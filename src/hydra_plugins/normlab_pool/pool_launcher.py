@@ -11,11 +11,11 @@ Select it with ``hydra/launcher=pool`` (the default of ``make sweep``).
 
 # No `from __future__ import annotations`: Hydra imports plugins in a way that breaks dataclasses with it,
 # and OmegaConf needs Optional[...] (not X | None) in structured configs.
-import inspect
 import logging
 import multiprocessing as mp
 import os
 import queue
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,21 +90,27 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _portable(ret: JobReturn) -> bytes:
+    """A job's return pickled for the launcher; an exception that cannot be pickled (it holds a
+    lock, a frame, a connection) travels as its type and message instead."""
+    try:
+        return cloudpickle.dumps(ret)
+    except Exception:  # any pickling error: the outcome must still reach the launcher
+        error = ret._return_value
+        ret._return_value = RuntimeError(f"{type(error).__name__}: {error}")
+        return cloudpickle.dumps(ret)
+
+
 def _worker(slot: Slot, state: bytes, jobs: Any, results: Any, parent: int) -> None:
     """A slot's process: its environment was pinned by the parent; run cells until told to stop."""
     _die_with_parent(parent)
-    import importlib
-
-    import torch
-
-    task, context, singleton = cloudpickle.loads(state)
-    torch.set_num_threads(slot.threads)
+    task_function, context, singleton = cloudpickle.loads(state)
+    if "torch" in sys.modules:  # the task's module imported it: pin it (else OMP_NUM_THREADS will)
+        sys.modules["torch"].set_num_threads(slot.threads)
     Singleton.set_state(singleton)
     setup_globals()
-    module, name = task
-    task_function = inspect.unwrap(getattr(importlib.import_module(module), name))
     while (job := jobs.get()) is not None:
-        idx, overrides, config = job
+        idx, config = job
         results.put((idx, "started", os.getpid()))
         ret = run_job(
             hydra_context=context,
@@ -113,10 +119,7 @@ def _worker(slot: Slot, state: bytes, jobs: Any, results: Any, parent: int) -> N
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
-        if ret.status == JobStatus.COMPLETED:
-            results.put((idx, "done", ret.return_value))
-        else:
-            results.put((idx, "failed", f"{type(ret._return_value).__name__}: {ret._return_value}"))
+        results.put((idx, "ended", _portable(ret)))
 
 
 class PoolLauncher(Launcher):
@@ -152,22 +155,19 @@ class PoolLauncher(Launcher):
                 config.hydra.job.id = idx
                 config.hydra.job.num = idx
             cells[idx] = list(overrides)
-            jobs.put((idx, list(overrides), config))
+            jobs.put((idx, config))
         for _ in slots:
             jobs.put(None)
 
-        task = (self.task_function.__module__, self.task_function.__name__)
-        # cloudpickle, as Hydra's joblib launcher does: Hydra's state holds OmegaConf resolver closures.
-        state = cloudpickle.dumps((task, self.hydra_context, Singleton.get_state()))
+        # cloudpickle, as Hydra's joblib launcher does: the task may be a closure or a callable object,
+        # and Hydra's state holds OmegaConf resolver closures.
+        state = cloudpickle.dumps((self.task_function, self.hydra_context, Singleton.get_state()))
         shared = (state, jobs, results, os.getpid())
         workers = [self._start(context, slot, shared) for slot in slots]
         where = ", ".join(f"{'gpu ' + s.gpu if s.gpu else 'cpu'} x{s.threads} threads" for s in slots)
         log.info(f"Launching {len(cells)} jobs on {len(slots)} slots ({where})")
         outcomes = _collect(cells, results, workers)
-        return [
-            JobReturn(overrides=cells[idx], status=status, _return_value=value)
-            for idx, (status, value) in sorted(outcomes.items())
-        ]
+        return [outcomes[idx] for idx in sorted(outcomes)]
 
     @staticmethod
     def _start(context: Any, slot: Slot, shared: tuple[Any, ...]) -> Any:
@@ -189,11 +189,13 @@ class PoolLauncher(Launcher):
         return process
 
 
-def _collect(
-    cells: dict[int, list[str]], results: Any, workers: list[Any]
-) -> dict[int, tuple[JobStatus, Any]]:
+def _lost(overrides: list[str], why: str) -> JobReturn:
+    return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=RuntimeError(why))
+
+
+def _collect(cells: dict[int, list[str]], results: Any, workers: list[Any]) -> dict[int, JobReturn]:
     """Wait for every cell, printing progress; cells lost with a dead worker count as failed."""
-    outcomes: dict[int, tuple[JobStatus, Any]] = {}
+    outcomes: dict[int, JobReturn] = {}
     running: dict[int, int] = {}  # cell -> worker pid
     started = time.perf_counter()
     while len(outcomes) < len(cells):
@@ -203,23 +205,18 @@ def _collect(
             alive = {w.pid for w in workers if w.is_alive()}
             for idx, pid in list(running.items()):
                 if pid not in alive:  # its worker died mid-cell (killed, out of memory, segfault)
-                    outcomes[idx] = (
-                        JobStatus.FAILED,
-                        RuntimeError(f"worker {pid} died while running cell {idx}"),
-                    )
+                    outcomes[idx] = _lost(cells[idx], f"worker {pid} died while running cell {idx}")
                     del running[idx]
             if not alive and len(outcomes) < len(cells):
                 for idx in cells.keys() - outcomes.keys():
-                    outcomes[idx] = (JobStatus.FAILED, RuntimeError("no worker left to run this cell"))
+                    outcomes[idx] = _lost(cells[idx], "no worker left to run this cell")
             continue
         if kind == "started":
             running[idx] = value
             continue
         running.pop(idx, None)
-        outcomes[idx] = (
-            (JobStatus.COMPLETED, value) if kind == "done" else (JobStatus.FAILED, RuntimeError(value))
-        )
-        failed = sum(status == JobStatus.FAILED for status, _ in outcomes.values())
+        outcomes[idx] = cloudpickle.loads(value)
+        failed = sum(ret.status == JobStatus.FAILED for ret in outcomes.values())
         elapsed = time.perf_counter() - started
         eta = elapsed / len(outcomes) * (len(cells) - len(outcomes))
         line = " ".join(filter_overrides(cells[idx]))
