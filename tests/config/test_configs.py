@@ -179,6 +179,10 @@ BAD_COMMANDS = [
     (["norm=group", "+norm.momentum=0.1"], "error: norm.momentum is not an option of norm kind 'group'"),
     (["seed=-1"], "error: seed=-1 is not allowed"),
     (["trainer.accelerator=gpu"], "error: trainer="),
+    (
+        ["+trainer.enable_progress_bar=true"],
+        "error: trainer.enable_progress_bar is set by normlab, not by you: normlab prints one line per epoch",
+    ),
     (["checkpoint_dir=/proc/no/such"], "error: checkpoint_dir=/proc/no/such is not writable"),
 ]
 

@@ -61,7 +61,8 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
         lambda v: isinstance(v, ListConfig) and len(v) > 0 and all(_number(f) and 0 < f <= 1 for f in v),
     ),
     "budget.cooldown": (
-        "a number in (0, 1): the decay's share of a budget", lambda v: _number(v) and 0 < v < 1
+        "a number in (0, 1): the decay's share of a budget",
+        lambda v: _number(v) and 0 < v < 1,
     ),
     "budget.min_steps": ("an integer >= 0 (SGD steps)", lambda v: _integer(v) and v >= 0),
     "eval.precise_samples": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
@@ -72,6 +73,17 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "tracking.system_metrics_s": ("a number > 0 (seconds)", lambda v: _number(v) and v > 0),
 }
 _ABSENT = object()
+# Lightning Trainer arguments normlab sets itself: a user's value would clash with its own (a TypeError
+# inside Lightning) or fight the mechanism that does the job, so each is refused naming that mechanism.
+PLATFORM_TRAINER = {
+    "enable_progress_bar": "normlab prints one line per epoch and a [sweep] line per cell",
+    "enable_checkpointing": "normlab checkpoints every epoch itself, for resume (checkpoint_dir=)",
+    "enable_model_summary": "the results page gives each setup's parameter count",
+    "num_sanity_val_steps": "normlab evaluates after every epoch, in every eval mode",
+    "logger": "normlab records every run in MLflow itself (tracking.uri=)",
+    "callbacks": "normlab attaches its own (progress, checkpoints, interrupts)",
+    "max_steps": "the budget is trainer.max_epochs, with budget.min_steps as a floor in SGD steps",
+}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -81,6 +93,9 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not ok(value):
             raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
+    for key in cfg.get("trainer") or {}:
+        if key in PLATFORM_TRAINER:
+            raise ConfigError(f"trainer.{key} is set by normlab, not by you: {PLATFORM_TRAINER[key]}")
     norm = NORMS[cfg.norm.kind]
     if (
         norm.includes_activation()

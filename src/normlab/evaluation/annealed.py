@@ -24,9 +24,7 @@ def eval_mode(net: nn.Module, batches: Batches) -> dict[str, float]:
     return {"val/loss": float(loss_sum) / total, "val/acc": correct / total}
 
 
-def every_mode(
-    net: nn.Module, val_batches: Batches, after_training: AfterTraining
-) -> dict[str, float]:
+def every_mode(net: nn.Module, val_batches: Batches, after_training: AfterTraining) -> dict[str, float]:
     """Eval mode, and for a net with running statistics PreciseBN and batch statistics too."""
     metrics = eval_mode(net, val_batches)
     if bn_layers(net):
