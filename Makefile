@@ -9,18 +9,26 @@ ARGS ?=
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data browser screenshots sweep table rerun test lint bench ui server clean
+.PHONY: help venv constraints data browser screenshots sweep table rerun test lint bench ui server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "normlab needs Python >= 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed ## create .venv with the pinned packages (pip)
+venv: $(VENV)/.installed ## create .venv with the pinned packages, every transitive one pinned by constraints.txt (pip)
+
+constraints: ## re-pin constraints.txt: a fresh venv resolves pyproject.toml's packages, its freeze is the file
+	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
+	.venv-pin/bin/pip install -q -e '.[dev]'
+	{ echo "# Every package normlab installs, transitive ones included: made by \`make constraints\`,"; \
+	  echo "# used by \`make venv\` (pip install -c constraints.txt), so two fresh machines get the same stack."; \
+	  .venv-pin/bin/pip freeze --exclude-editable; } > constraints.txt
+	rm -rf .venv-pin
 
 data: ## install Debian's dataset-fashion-mnist when root on Debian/Ubuntu (else torchvision downloads it)
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -7,29 +7,29 @@ two processes lock two different files of the same name.
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
+
 
 @contextmanager
 def hold(path: Path, wait: bool) -> Iterator[bool]:
-    """Lock ``path`` (created if missing) for the block. ``wait``: block until it is free, else
-    yield False at once when another process holds it. The lock goes with the process, so a killed
-    holder never leaves it taken."""
+    """Lock ``path`` (created if missing) for the block: filelock's ``flock``, the file kept, no
+    fallback to a lock by the file's existence (a kept file would then stay locked). ``wait``:
+    block until it is free, else yield False at once when another process holds it. The lock goes
+    with the process, so a killed holder never leaves it taken."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(
+        path, blocking=wait, thread_local=False, preserve_lock_file=True, fallback_to_soft=False
+    )
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
+        lock.acquire()
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
     finally:
-        os.close(descriptor)
+        lock.release()
