@@ -53,6 +53,9 @@ def test_contrast_of_two_is_welchs_t_test() -> None:
     assert ours.p == pytest.approx(scipy.pvalue) and ours.estimate == pytest.approx(0.02)
     two_sided = stats_tests.welch_two_sided(Term(1, 0.85, 0.01, 5), Term(1, 0.83, 0.02, 3))
     assert two_sided.p == pytest.approx(2 * scipy.pvalue)
+    exact = Term(1, 0.85, 0.0, 3)
+    assert stats_tests.welch_two_sided(exact, exact).p == 1.0  # no spread: equal means are equal
+    assert stats_tests.welch_two_sided(exact, Term(1, 0.84, 0.0, 3)).p == 0.0
     assert math.isnan(stats_tests.contrast([Term(1, 0.8, math.nan, 1), Term(-1, 0.7, 0.01, 3)]).p)
 
 
