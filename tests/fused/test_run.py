@@ -28,7 +28,10 @@ CELLS = [["norm=none", "seed=0"], ["norm=scratch", "seed=1"], ["norm=native", "s
          ["norm=scratch", "seed=6"]]  # fmt: skip
 FINAL = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats")
 # Tags that say when or in which process a run was recorded, not what it is.
-PROCESS_TAGS = {"pid", "mlflow.source.name", "mlflow.user", "mlflow.source.type", "mlflow.source.git.commit"}
+PROCESS_TAGS = {
+    *("pid", "pid_started", "mlflow.source.name", "mlflow.user", "mlflow.source.type"),
+    "mlflow.source.git.commit",
+}
 
 
 def _cells(cells: list[list[str]], tmp_path: Path, store: str) -> list[tuple]:

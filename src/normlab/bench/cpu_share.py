@@ -1,10 +1,11 @@
 """How much of the machine other work took while the bench measured: the bench's noise gauge.
 
 The load average is no gauge for a bench that keeps the cores busy itself: it counts the bench's
-own threads, and it trails the last minutes (a build just before the bench reads as load). Linux's
-``/proc/stat`` counts every core's busy time, and ``os.times`` our own CPU time (this process and
-the children it has waited for): busy time minus ours is what other processes took, and the
-hypervisor's ``steal`` what the host's other guests took (the time this VM was runnable but not run).
+own threads, and it trails the last minutes (a build just before the bench reads as load).
+``psutil.cpu_times`` counts every core's busy time (Linux: ``/proc/stat``), and our process's
+``cpu_times`` our own CPU time (this process and the children it has waited for): busy time minus
+ours is what other processes took, and the hypervisor's ``steal`` what the host's other guests
+took (the time this VM was runnable but not run; 0 where the platform does not count it).
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-PROC_STAT = Path("/proc/stat")
+import psutil
+
 BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")  # idle and iowait are not busy
-FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 QUIET_SHARE = 0.05  # others may use 5% of the cores' time and the bench still reads as quiet
 
 
@@ -45,26 +45,15 @@ class Share:
         return self.others <= QUIET_SHARE
 
 
-def parse_stat(text: str) -> dict[str, int]:
-    """The first (all cores) ``cpu`` line of ``/proc/stat``, in clock ticks, by field name."""
-    for line in text.splitlines():
-        name, *values = line.split()
-        if name == "cpu":
-            return dict(zip(FIELDS, (int(v) for v in values), strict=False))
-    raise ValueError("no 'cpu' line in /proc/stat")
-
-
 def sample() -> CpuSample | None:
-    """Now's cumulative counts, or None where there is no ``/proc/stat`` (macOS, Windows)."""
+    """Now's cumulative counts, or None where psutil cannot read them."""
     try:
-        ticks = parse_stat(PROC_STAT.read_text())
-    except (OSError, ValueError):
+        cores, mine = psutil.cpu_times(), psutil.Process().cpu_times()
+    except (psutil.Error, OSError):
         return None
-    hertz = os.sysconf("SC_CLK_TCK")
-    mine = os.times()
     return CpuSample(
-        busy=sum(ticks.get(field, 0) for field in BUSY_FIELDS) / hertz,
-        steal=ticks.get("steal", 0) / hertz,
+        busy=sum(getattr(cores, field, 0.0) for field in BUSY_FIELDS),  # a field the platform lacks: 0
+        steal=getattr(cores, "steal", 0.0),
         ours=mine.user + mine.system + mine.children_user + mine.children_system,
         wall=time.monotonic(),
     )

@@ -13,6 +13,7 @@ SEED_TAG = "seed"
 FUSED_WITH_TAG = "fused_with"  # on each run of a fused group: how many cells trained together, and which
 # The grids of a study a run serves (a cell two grids share trains once): "; "-separated.
 GRIDS_TAG = "grids"
+PID_STARTED_TAG = "pid_started"  # the run's process start time (seconds since the epoch, psutil)
 
 # Metrics of a training run, logged once per epoch at step = the epoch number (1 after the first).
 TRAIN_LOSS, TRAIN_ACC = "train/loss", "train/acc"  # running averages over the epoch, train mode

@@ -5,7 +5,7 @@ less where things are recorded). Before a cell trains, ``plan_cell`` looks at th
 with that fingerprint:
 
 - a FINISHED one: skip the cell (unless ``force=true``);
-- a RUNNING one whose process is gone (same host, dead pid): mark it KILLED;
+- a RUNNING one whose process is gone (same host, dead pid or a pid reused since): mark it KILLED;
 - a RUNNING one whose process lives (or lives on another host): busy, it is being trained now;
 - a KILLED one with a per-epoch checkpoint: resume it, into the same MLflow run;
 - otherwise (none, FAILED, KILLED before its first checkpoint): a new run.
@@ -13,17 +13,19 @@ with that fingerprint:
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import psutil
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from normlab.tracking import store
-from normlab.tracking.names import FAILURE_TAG, FINGERPRINT_TAG
+from normlab.tracking.names import FAILURE_TAG, FINGERPRINT_TAG, PID_STARTED_TAG
+
+START_TOLERANCE_S = 0.05  # psutil's start times come in clock ticks (1/100 s on Linux)
 
 
 @dataclass(frozen=True)
@@ -33,21 +35,24 @@ class Plan:
     run_id: str | None = None
 
 
-def process_alive(pid: int) -> bool:
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether process ``pid`` lives; where ``started`` (its start time) is known, a process with
+    that pid but another start time is a reuse of the pid, and the one we asked about is dead."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        return started is None or abs(process.create_time() - started) < START_TOLERANCE_S
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except psutil.AccessDenied:  # exists, owned by someone else
         return True
-    return True
 
 
 def is_orphaned(run: Run) -> bool:
     """A RUNNING run whose training process died on this host (killed, crashed, machine rebooted)."""
     tags = run.data.tags
-    pid = tags.get("pid", "")
-    return tags.get("host") == platform.node() and pid.isdigit() and not process_alive(int(pid))
+    pid, started = tags.get("pid", ""), tags.get(PID_STARTED_TAG)
+    alive = pid.isdigit() and process_alive(int(pid), float(started) if started else None)
+    return tags.get("host") == platform.node() and not alive
 
 
 BUSY = Plan("busy", "being trained now by another process of this machine")

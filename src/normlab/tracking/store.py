@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import psutil
 import requests
 import torch
 from mlflow.entities import Run
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normlab.config.paths import PROJECT_ROOT
 from normlab.tracking import locks
-from normlab.tracking.names import GRIDS_TAG, STATUS_TAG
+from normlab.tracking.names import GRIDS_TAG, PID_STARTED_TAG, STATUS_TAG
 
 
 def artifact_location(uri: str, study: str) -> str | None:
@@ -104,8 +105,13 @@ def machine() -> str:
 
 
 def process_tags() -> dict[str, str]:
-    """Where the run's process lives: a rerun tells a dead run from one still training."""
-    return {"host": platform.node(), "pid": str(os.getpid())}
+    """Where the run's process lives, and when it started: a rerun tells a dead run from one still
+    training, also where the pid was since reused by another process (``resume.is_orphaned``)."""
+    return {
+        "host": platform.node(),
+        "pid": str(os.getpid()),
+        PID_STARTED_TAG: repr(psutil.Process().create_time()),
+    }
 
 
 class StoreError(RuntimeError):
