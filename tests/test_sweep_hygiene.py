@@ -52,6 +52,12 @@ def test_bad_cells_of_a_sweep_fail_alone_and_the_sweep_goes_on(tmp_path: Path, s
     (parent,) = client.search_runs([experiment], filter_string="tags.kind = 'sweep'")
     assert parent.info.status == "FAILED"
     assert [run.info.status for run in cell_runs(store, "bad_cells")] == ["FINISHED"]  # bad ones: no run
+    # Each job's log file (Hydra's, in its folder) holds its cell's lines: epochs, outcome, error.
+    logs = [path.read_text() for path in sorted((tmp_path / "multirun").glob("*/train.log"))]
+    assert len(logs) == 6 and sum("error: " in log for log in logs) == 5
+    (good,) = [log for log in logs if "error: " not in log]
+    assert "epoch 1/1  train/loss" in good and "outcome: new, val/acc" in good
+    assert all(message in "".join(logs) for message in MESSAGES)
 
 
 def test_two_sweeps_of_one_study_at_once_train_each_cell_once(tmp_path: Path, store: str) -> None:

@@ -7,6 +7,7 @@ the sweep's parent run and summary in ``normlab.sweep``.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normlab import config, sweep
 from normlab.config import cells
+from normlab.config.console import say
 from normlab.config.paths import CONF_DIR
 from normlab.config.rules import ConfigError
 from normlab.data.fashion_mnist import DataError
@@ -42,14 +44,17 @@ def fused_group(job_dir: Path, group_file: str, tags: dict[str, str]) -> float:
     try:
         results = fit_group(cfgs, overrides, tags)
     except (DataError, ConfigError, StoreError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", logging.ERROR)
         sweep.record_outcomes(job_dir, [(name, "failed", str(error)) for name in names])
         return float("nan")
     except Interrupted as interruption:
-        print(interruption, file=sys.stderr)
+        say(str(interruption), logging.WARNING)
         sweep.record_outcomes(job_dir, [(name, "failed", str(interruption)) for name in names])
         raise SystemExit(130) from None
     sweep.record_outcomes(job_dir, [(r.name, r.status, r.reason) for r in results])
+    for result in results:  # the job's log file keeps each cell's outcome (the console has its lines)
+        reason = f": {result.reason}" if result.reason else ""
+        say(f"[{result.name}] outcome: {result.status}{reason}", logging.DEBUG)
     accuracies = [
         r.outcome.metrics["val/acc"] for r in results if r.outcome and "val/acc" in r.outcome.metrics
     ]
@@ -76,16 +81,18 @@ def main(cfg: DictConfig) -> float:
     except (DataError, ConfigError, StoreError, RunFailed) as error:
         # Bad input (nothing recorded: exit 2) or a failed run (recorded FAILED: exit 1). In a
         # sweep the cell is listed as failed and the sweep goes on; its summary sets the exit status.
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", logging.ERROR)
         sweep.record_outcome(job_dir, cell, "failed", str(error))
         if multirun:
             return float("nan")
         raise SystemExit(1 if isinstance(error, RunFailed) else 2) from None
     except Interrupted as interruption:
-        print(interruption, file=sys.stderr)
+        say(str(interruption), logging.WARNING)
         sweep.record_outcome(job_dir, cell, "failed", str(interruption))
         raise SystemExit(130) from None  # the shell's code for a SIGINT
     sweep.record_outcome(job_dir, cell, outcome.action)
+    accuracy = outcome.metrics.get("val/acc", float("nan"))
+    say(f"[{cell}] outcome: {outcome.action}, val/acc {accuracy:.4f}, run {outcome.run_id}", logging.DEBUG)
     return outcome.metrics.get("val/acc", float("nan"))
 
 

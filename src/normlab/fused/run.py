@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from normlab.config.budgets import Budget
 from normlab.config.cell import CellSpec, read_cell
+from normlab.config.console import say
 from normlab.evaluation.annealed import every_mode
 from normlab.fused.branch import fused_branch
 from normlab.fused.model import FusedLeNet
@@ -35,7 +36,7 @@ from normlab.training import lifecycle
 from normlab.training.branches import Forks, has_budget, record_budget, record_end
 from normlab.training.inputs import load_inputs, make_trainer, quiet_libraries, seeded_net
 from normlab.training.interrupt import SafeInterrupt
-from normlab.training.lifecycle import CellRun, Outcome, RunFailed, say
+from normlab.training.lifecycle import CellRun, Outcome, RunFailed
 from normlab.training.progress import EpochProgress
 
 

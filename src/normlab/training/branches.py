@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from normlab.config.budgets import Budget, LrSchedule
+from normlab.config.console import say
 from normlab.data.batches import Batch
 from normlab.tracking.names import (
     BUDGET_PREFIX,
@@ -29,7 +30,7 @@ from normlab.tracking.names import (
     VAL_ACC_BATCHSTATS,
     VAL_ACC_PRECISE,
 )
-from normlab.training.lifecycle import CellRun, say
+from normlab.training.lifecycle import CellRun
 from normlab.training.module import OptimizerFactory, sgd_step
 
 

@@ -16,7 +16,6 @@ A fused group is K cells going through these steps (``normlab.fused.run``): K cl
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -29,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from normlab.config import cells
 from normlab.config.cell import CellSpec
+from normlab.config.console import say
 from normlab.config.rules import ConfigError
 from normlab.tracking import checkpoints, locks, resume, store
 from normlab.tracking.epochs import EpochRecorder
@@ -59,10 +59,6 @@ class Outcome(NamedTuple):
     action: str  # what was done with the cell: "new" (trained), "resume", "skip" or "busy" (resume.Plan)
     metrics: dict[str, float]  # the run's final metrics
     run_id: str  # the MLflow run that holds them
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def first_line(error: BaseException) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 import pytorch_lightning as pl
-from rich.console import Console
+
+from normlab.config.console import say
 
 SHOWN = ("train/loss", "train/acc", "val/loss", "val/acc")
 
@@ -20,10 +21,9 @@ class EpochProgress(pl.Callback):
     fused group starts its trainer at 0).
     """
 
-    def __init__(self, label: str, epoch_offset: int = 0, console: Console | None = None) -> None:
+    def __init__(self, label: str, epoch_offset: int = 0) -> None:
         self.label = label
         self.epoch_offset = epoch_offset
-        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self._started = 0.0
         self._first_epoch = 0
 
@@ -43,7 +43,7 @@ class EpochProgress(pl.Callback):
         eta = elapsed / max(done - self._first_epoch, 1) * (trainer.max_epochs - done)
         shown, seconds, speed = self.describe(trainer, pl_module)
         epoch, total = self.epoch_offset + done, self.epoch_offset + trainer.max_epochs
-        self.console.print(
-            f"[bold]{self.label}[/] epoch {epoch}/{total}  {shown}  "
+        say(
+            f"{self.label} epoch {epoch}/{total}  {shown}  "
             f"{seconds:.1f} s  {speed / 1000:.1f}k samples/s  eta {eta:.0f} s"
         )
