@@ -1,6 +1,7 @@
 """Tables from a store whose runs we wrote ourselves, so every number in them is known."""
 
 import io
+import json
 import math
 import os
 import statistics
@@ -206,12 +207,20 @@ def test_the_terminal_summary_fits_80_columns_one_line_per_setup(store: str, tmp
     assert any(long_name in line and "0.833 ± 0.031" in line for line in lines)  # one row, unbroken
 
 
-def test_each_study_has_a_runs_page_in_model_training_mode(store: str) -> None:
+def test_each_study_has_a_chart_view_by_setup_in_model_training_mode(store: str) -> None:
+    """The address carries the mode and the chart view; the rest of the view (cells only, grouped
+    by setup, val/acc charts) is the shared view it names, an experiment tag."""
     _fill(store)
     ((study, page),) = ui.study_pages(store, "http://127.0.0.1:5000")
-    experiment = MlflowClient(store).get_experiment_by_name("toy").experiment_id
+    experiment = MlflowClient(store).get_experiment_by_name("toy")
     assert study == "toy"
-    assert page == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    assert page == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+        "&compareRunsMode=CHART&viewStateShareKey=normlab-setups"
+    )
+    view = json.loads(experiment.tags["mlflow.sharedViewState.normlab-setups"])
+    assert view["searchFilter"] == "tags.kind = 'cell'"
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "setup"}]
 
 
 def test_curves_count_one_value_per_run_metric_and_epoch(store: str) -> None:

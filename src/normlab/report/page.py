@@ -27,7 +27,7 @@ from normlab.config.paths import EXPERIMENTS_DIR
 from normlab.report import convergence, findings, ladder, plots, walltime
 from normlab.report.statistics import prediction_interval
 from normlab.tracking import store as tracking
-from normlab.tracking.addresses import runs_page
+from normlab.tracking.addresses import setups_chart
 from normlab.tracking.names import FAILURE_TAG, KIND_TAG
 
 METRICS = ("train/loss", "train/acc", "val/acc", "val/acc_precise", "val/acc_batchstats")
@@ -581,9 +581,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     print_summary(summary, console)
     console.print(f"wrote {EXPERIMENTS_DIR / study / 'RESULTS.md'}")
-    experiment = MlflowClient(uri).get_experiment_by_name(study)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(study)
     if experiment is not None:
-        print(f"compare its runs: make ui, then open {runs_page(experiment.experiment_id)}")
+        print(f"compare its setups: make ui, then open {setups_chart(client, experiment.experiment_id)}")
 
 
 if __name__ == "__main__":
