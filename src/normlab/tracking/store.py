@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -19,6 +20,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from normlab.config.console import say
 from normlab.config.paths import PROJECT_ROOT
 from normlab.tracking import locks
 from normlab.tracking.names import GRIDS_TAG, PID_STARTED_TAG, STATUS_TAG
@@ -33,6 +35,7 @@ def artifact_location(uri: str, study: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / study).as_uri()
 
 
+HOST_TAG = "host"  # an experiment's: the machine that created it (a run's: the one that trains it)
 # Without it, MLflow 3's UI opens an experiment on its GenAI (traces) pages instead of its runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -42,7 +45,8 @@ def experiment_id(client: MlflowClient, study: str) -> str:
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         location = artifact_location(client.tracking_uri, study)
-        return client.create_experiment(study, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        tags = dict([EXPERIMENT_KIND, (HOST_TAG, platform.node())])  # where a file: location lies
+        return client.create_experiment(study, artifact_location=location, tags=tags)
     if EXPERIMENT_KIND[0] not in experiment.tags:  # a study recorded before the tag was set
         client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
     return experiment.experiment_id
@@ -143,11 +147,28 @@ def open_store(uri: str, study: str) -> tuple[MlflowClient, str]:
     try:
         with turns:
             client = MlflowClient(uri)
-            return client, experiment_id(client, study)
+            experiment = experiment_id(client, study)
     except Exception as error:  # sqlite, HTTP and permission errors all arrive as different types
         lines = str(error).strip().splitlines()
         reason = lines[0][:200] if lines else type(error).__name__
         raise StoreError(f"cannot use the tracking store {uri}: {reason}") from None
+    if database is None:
+        _say_where_artifacts_go(client, experiment, study)
+    return client, experiment
+
+
+def _say_where_artifacts_go(client: MlflowClient, experiment: str, study: str) -> None:
+    """A study created over SQLite keeps its artifacts in a folder of the store's host: used through
+    a tracking server from another host, its runs write them to that path on their own disk."""
+    found = client.get_experiment(experiment)
+    created_on = found.tags.get(HOST_TAG)
+    if found.artifact_location.startswith("file:") and created_on != platform.node():
+        say(
+            f"note: study {study!r} keeps its artifacts at {found.artifact_location} on "
+            f"{created_on or 'the store host'}; this host writes them to that path on its own disk "
+            "(README, 'Many hosts share one store', says how to gather them)",
+            logging.WARNING,
+        )
 
 
 def grids_of(tagged: object, launched_in: object) -> list[str]:

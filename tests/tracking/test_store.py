@@ -1,0 +1,28 @@
+"""The store's experiments: made once per study, with the host that made them, so that a study used
+through a tracking server from another host says where its artifacts go."""
+
+import logging
+import platform
+from pathlib import Path
+
+import pytest
+
+from normlab.tracking import store
+
+
+def test_a_study_made_over_sqlite_elsewhere_says_where_its_artifacts_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, experiment = store.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "study")
+    found = client.get_experiment(experiment)
+    assert found.tags[store.HOST_TAG] == platform.node()
+    assert found.artifact_location == (tmp_path / "mlruns" / "study").as_uri()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="normlab"):
+        store._say_where_artifacts_go(client, experiment, "study")  # made here: nothing to say
+        client.set_experiment_tag(experiment, store.HOST_TAG, "login-node")
+        store._say_where_artifacts_go(client, experiment, "study")
+    (record,) = [record for record in caplog.records if record.name == "normlab"]
+    assert record.getMessage().startswith(
+        f"note: study 'study' keeps its artifacts at {found.artifact_location} on login-node;"
+    )
