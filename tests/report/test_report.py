@@ -273,3 +273,13 @@ def test_a_study_with_budgets_gets_a_budget_table_and_verdicts_across_budgets(
     assert "**At a glance**" in page and "after: robust: better at 4 epochs and 8 epochs" in page
     assert "better / better / better | **robust**" in page
     assert (tmp_path / "accuracy_per_budget.png").is_file()
+
+
+def test_wall_time_leaves_out_the_gaps_between_sweeps() -> None:
+    """Two overlapping runs (10:00-10:20, 10:10-10:30) and a grid added an hour later (11:30-11:40):
+    40 minutes with a run in progress, not the 100 from first start to last end."""
+    at = lambda hhmm: pd.Timestamp(f"2026-12-06 {hhmm}")  # noqa: E731
+    starts = pd.Series([at("10:00"), at("10:10"), at("11:30")])
+    ends = pd.Series([at("10:20"), at("10:30"), at("11:40")])
+    assert report.wall_minutes(starts, ends) == pytest.approx(40.0)
+    assert report.wall_minutes(starts[:1], ends[:1]) == pytest.approx(20.0)

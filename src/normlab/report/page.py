@@ -287,6 +287,18 @@ def _training_profile(runs: pd.DataFrame) -> str:
     return ", ".join(parts) + note
 
 
+def wall_minutes(starts: pd.Series, ends: pd.Series) -> float:
+    """Minutes during which at least one run was in progress: the union of the runs' intervals (a
+    study trained in pieces, e.g. one grid added later, does not count the time between them)."""
+    total, reach = 0.0, None
+    for start, end in sorted(zip(starts, ends, strict=True)):
+        if reach is None or start > reach:
+            total, reach = total + (end - start).total_seconds(), end
+        elif end > reach:
+            total, reach = total + (end - reach).total_seconds(), end
+    return total / 60
+
+
 def header(study: str, runs: pd.DataFrame, table_commit: str) -> str:
     commits = sorted(
         f"{c[:10]}{' (dirty)' if d == 'true' else ''}"
@@ -296,6 +308,7 @@ def header(study: str, runs: pd.DataFrame, table_commit: str) -> str:
     devices = sorted(set(_column(runs, "tags.device").dropna()))
     first, last = runs["start_time"].min(), runs["end_time"].fillna(runs["start_time"]).max()
     busy = (runs["end_time"].fillna(runs["start_time"]) - runs["start_time"]).sum().total_seconds()
+    wall = wall_minutes(runs["start_time"], runs["end_time"].fillna(runs["start_time"]))
     return "\n".join(
         [
             f"# Results: `{study}`",
@@ -304,8 +317,8 @@ def header(study: str, runs: pd.DataFrame, table_commit: str) -> str:
             f"(rerun the study itself with `make sweep EXP={study}`).",
             "",
             f"- runs: {len(runs)}, from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC "
-            f"({(last - first).total_seconds() / 60:.1f} min wall time; {busy / 60:.1f} min summed over "
-            "runs, which overlap when a sweep runs cells in parallel)",
+            f"({wall:.1f} min wall time, with a run in progress: gaps between sweeps left out; "
+            f"{busy / 60:.1f} min summed over runs, which overlap when a sweep runs cells in parallel)",
             f"- training: {_training_profile(runs)}",
             f"- machine: {'; '.join(machines) or 'unknown'}; device: {', '.join(devices) or 'unknown'}",
             f"- commit the runs trained at: {', '.join(commits)}",
