@@ -149,6 +149,12 @@ BAD_INPUTS = [
     ("norm=native norm.affine=maybe", "norm.affine='maybe' is not allowed; it must be true or false"),
     ("norm=frn norm.learned_eps=1", "norm.learned_eps=1 is not allowed; it must be true or false"),
     ("model.weight_standardization=yes", "model.weight_standardization='yes' is not allowed"),
+    ("optimizer.momentum=-1", "optimizer.momentum=-1 is not allowed; it must be a finite number >= 0"),
+    ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1 is not allowed; it must be a finite number"),
+    ("model.norm_position=bogus", "model.norm_position='bogus' is not allowed; it must be before_activation"),
+    ("model.norm_in=bogus", "model.norm_in='bogus' is not allowed; it must be all, conv, fc or none"),
+    ("model.bias_before_norm=maybe", "model.bias_before_norm='maybe' is not allowed; it must be true or"),
+    ("model.conv1_padding=-5", "model.conv1_padding=-5 is not allowed; it must be an integer >= 0"),
     (
         "norm=evonorm_s0 model.norm_position=after_activation",
         "norm=evonorm_s0 includes its activation (it replaces norm and sigmoid): model.norm_position must be",
@@ -184,6 +190,7 @@ BAD_COMMANDS = [
         "error: trainer.enable_progress_bar is set by normlab, not by you: normlab prints one line per epoch",
     ),
     (["checkpoint_dir=/proc/no/such"], "error: checkpoint_dir=/proc/no/such is not writable"),
+    (["model.norm_in=bogus"], "error: model.norm_in='bogus' is not allowed; it must be all, conv, fc or"),
 ]
 
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normlab.data.fashion_mnist import TRAIN_SIZE
 from normlab.layers.registry import NORMS
+from normlab.models.lenet import NORM_IN, POSITIONS
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,15 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     ),
     "study": ("a name (text; quote a number: study=\"'123'\")", lambda v: isinstance(v, str) and v != ""),
     "optimizer.lr": ("a finite number > 0", lambda v: _number(v) and 0 < v < math.inf),
+    "optimizer.momentum": (
+        "a finite number >= 0 (SGD's; 0: none)",
+        lambda v: _number(v) and 0 <= v < math.inf,
+    ),
+    "optimizer.weight_decay": ("a finite number >= 0", lambda v: _number(v) and 0 <= v < math.inf),
+    "model.norm_position": (" or ".join(POSITIONS), lambda v: v in POSITIONS),
+    "model.norm_in": (", ".join(NORM_IN[:-1]) + " or " + NORM_IN[-1], lambda v: v in NORM_IN),
+    "model.bias_before_norm": ("true or false", lambda v: isinstance(v, bool)),
+    "model.conv1_padding": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
     "norm.momentum": (
         "null (cumulative average) or a number in [0, 1]",
         lambda v: v is None or (_number(v) and 0 <= v <= 1),
