@@ -76,7 +76,12 @@ def test_two_sweeps_of_one_study_at_once_train_each_cell_once(tmp_path: Path, st
     assert sum(trained) == 6, summaries[-3000:]
 
 
-def test_ctrl_c_marks_the_run_killed_and_says_so(tmp_path: Path, store: str) -> None:
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_marks_the_run_killed_and_says_so(
+    tmp_path: Path, store: str, sent: signal.Signals
+) -> None:
+    """Ctrl-C, or SIGTERM (SLURM's preemption, ``timeout``): the run KILLED and tagged with the
+    signal, one line saying so, the shell's exit code for it (130, 143)."""
     process = _train(["study=interrupt", "data.train_subset=2048", "trainer.max_epochs=200"], store, tmp_path)
     assert process.stderr is not None
     lines = []
@@ -84,14 +89,16 @@ def test_ctrl_c_marks_the_run_killed_and_says_so(tmp_path: Path, store: str) -> 
         line = process.stderr.readline()
         assert line, "".join(lines)
         lines.append(line)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     _, rest = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 128 + sent, rest[-2000:]
     assert (
-        rest.strip().splitlines()[-1].startswith("interrupted: run scratch-bs256-m0.1-lr0.9-s0 marked KILLED")
+        rest.strip()
+        .splitlines()[-1]
+        .startswith(f"interrupted ({sent.name}): run scratch-bs256-m0.1-lr0.9-s0 marked KILLED")
     )
     (run,) = cell_runs(store, "interrupt")
-    assert run.info.status == "KILLED" and run.data.tags["failure"].startswith("interrupted (SIGINT)")
+    assert run.info.status == "KILLED" and run.data.tags["failure"].startswith(f"interrupted ({sent.name})")
 
 
 def test_an_unreachable_tracking_server_fails_fast_in_one_line(tmp_path: Path, store: str) -> None:

@@ -8,6 +8,7 @@ the sweep's parent run and summary in ``normlab.sweep``.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def fused_group(job_dir: Path, group_file: str, tags: dict[str, str]) -> float:
     except Interrupted as interruption:
         say(str(interruption), logging.WARNING)
         sweep.record_outcomes(job_dir, [(name, "failed", str(interruption)) for name in names])
-        raise SystemExit(130) from None
+        raise SystemExit(128 + signal.Signals[interruption.signal_name]) from None  # the shell's code
     sweep.record_outcomes(job_dir, [(r.name, r.status, r.reason) for r in results])
     for result in results:  # the job's log file keeps each cell's outcome (the console has its lines)
         reason = f": {result.reason}" if result.reason else ""
@@ -89,7 +90,7 @@ def main(cfg: DictConfig) -> float:
     except Interrupted as interruption:
         say(str(interruption), logging.WARNING)
         sweep.record_outcome(job_dir, cell, "failed", str(interruption))
-        raise SystemExit(130) from None  # the shell's code for a SIGINT
+        raise SystemExit(128 + signal.Signals[interruption.signal_name]) from None  # the shell's code
     sweep.record_outcome(job_dir, cell, outcome.action)
     accuracy = outcome.metrics.get("val/acc", float("nan"))
     say(f"[{cell}] outcome: {outcome.action}, val/acc {accuracy:.4f}, run {outcome.run_id}", logging.DEBUG)

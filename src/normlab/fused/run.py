@@ -172,13 +172,14 @@ def _train(members: list[Member], spec: CellSpec) -> dict[int, Result]:
     )
     label = f"fused {len(members)} cells bs{spec.data.batch_size}"
     records = GroupRecords(members)
-    trainer.callbacks += [records, GroupProgress(label, first.epochs_done), SafeInterrupt()]
+    safe = SafeInterrupt()
+    trainer.callbacks += [records, GroupProgress(label, first.epochs_done), safe]
     for member in members:
         member.run.record_device(device)
     say(f"[{label}] training {', '.join(m.run.name for m in members)}")
     runs = [m.run for m in members]
     with (
-        lifecycle.recording(runs, f"fused group ({label})", lambda: trainer.interrupted) as stopped,
+        lifecycle.recording(runs, f"fused group ({label})", lambda: safe.stopped_by(trainer)) as stopped,
         ExitStack() as monitors,
     ):
         for run in runs:

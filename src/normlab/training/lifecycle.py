@@ -42,8 +42,6 @@ from normlab.tracking.names import (
     STATUS_TAG,
 )
 
-INTERRUPTED = "interrupted (SIGINT): rerun to resume from the last epoch"
-
 
 class RunFailed(RuntimeError):
     """Training raised (or the cell was refused); the run is recorded as FAILED with a ``failure``
@@ -51,8 +49,12 @@ class RunFailed(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) during training; the run is recorded as KILLED, with the reason, and resumes
-    on the next run of the cell."""
+    """Ctrl-C (SIGINT) or SIGTERM during training; the run is recorded as KILLED, with the signal,
+    and resumes on the next run of the cell. ``signal_name`` gives the process its exit code."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 class Outcome(NamedTuple):
@@ -169,8 +171,10 @@ class CellRun:
         self._end("FAILED", f"{kind}: {reason}")
         return f"run {self.name} failed: {reason}"
 
-    def kill(self, interrupted: bool) -> None:
-        self._end("KILLED", INTERRUPTED if interrupted else None)
+    def kill(self, signal_name: str | None) -> None:
+        """Record KILLED; where a signal interrupted training, tagged with it."""
+        why = f"interrupted ({signal_name}): rerun to resume from the last epoch" if signal_name else None
+        self._end("KILLED", why)
 
     def finish(self, metrics: dict[str, float]) -> Outcome:
         """Mark the run FINISHED, drop its checkpoint, and return its final metrics."""
@@ -243,11 +247,13 @@ class Stopped:
 
 
 @contextmanager
-def recording(runs: Sequence[CellRun], label: str, interrupted: Callable[[], bool]) -> Iterator[Stopped]:
+def recording(
+    runs: Sequence[CellRun], label: str, interrupted: Callable[[], str | None]
+) -> Iterator[Stopped]:
     """Training of ``runs`` in the block: an exception ends every run not yet ended (a diverged
     cell of a group was) FAILED with its reason and is swallowed (``Stopped`` says which); Ctrl-C
-    (or Lightning's ``interrupted`` state after it) ends them KILLED and raises Interrupted;
-    anything else ends them KILLED and propagates."""
+    or SIGTERM (``interrupted`` names the signal where Lightning's state says it stopped for one)
+    ends them KILLED and raises Interrupted; anything else ends them KILLED and propagates."""
     stopped = Stopped()
     try:
         yield stopped
@@ -257,10 +263,11 @@ def recording(runs: Sequence[CellRun], label: str, interrupted: Callable[[], boo
             if run.ended is None:
                 stopped.failed[position] = run.fail(type(error).__name__, first_line(error))
     except BaseException as error:
-        was_interrupted = isinstance(error, KeyboardInterrupt) or interrupted()
+        signal_name = interrupted() or ("SIGINT" if isinstance(error, KeyboardInterrupt) else None)
         for run in runs:
             if run.ended is None:
-                run.kill(was_interrupted)
-        if was_interrupted:
-            raise Interrupted(f"interrupted: {label} marked KILLED; rerun to resume") from None
+                run.kill(signal_name)
+        if signal_name:
+            message = f"interrupted ({signal_name}): {label} marked KILLED; rerun to resume"
+            raise Interrupted(message, signal_name) from None
         raise

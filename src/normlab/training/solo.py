@@ -51,10 +51,11 @@ def train(spec: CellSpec, run: CellRun, trainer: pl.Trainer, net: torch.nn.Modul
 
     module.after_step = Forks(budgets[:-1], lambda budget: has_budget(run, budget), branch)
     checkpoint = run.cell.checkpoint
-    trainer.callbacks += [EpochProgress(spec.name), EpochCheckpoint(checkpoint), SafeInterrupt()]
+    safe = SafeInterrupt()
+    trainer.callbacks += [EpochProgress(spec.name), EpochCheckpoint(checkpoint), safe]
     label = f"run {spec.name}"
     final: dict[str, float] = {}
-    with lifecycle.recording([run], label, lambda: trainer.interrupted) as stopped, run.system_metrics():
+    with lifecycle.recording([run], label, lambda: safe.stopped_by(trainer)) as stopped, run.system_metrics():
         trainer.fit(
             module,
             train_dataloaders=SGDCalls(sgd_batches, spec.data.batches_per_call),
