@@ -26,7 +26,13 @@ def _train(arguments: list[str], store: str, cwd: Path) -> subprocess.Popen:
     environment = {**os.environ, "MLFLOW_TRACKING_URI": store}
     command = [sys.executable, "-m", "normlab.train", *arguments]
     return subprocess.Popen(
-        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives a command
     )
 
 
@@ -99,6 +105,36 @@ def test_ctrl_c_or_sigterm_marks_the_run_killed_and_says_so(
     )
     (run,) = cell_runs(store, "interrupt")
     assert run.info.status == "KILLED" and run.data.tags["failure"].startswith(f"interrupted ({sent.name})")
+
+
+@pytest.mark.parametrize(("sent", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_pool_sweep_stopped_by_ctrl_c_or_sigterm_says_so_without_a_traceback(
+    tmp_path: Path, store: str, sent: signal.Signals, to_group: bool
+) -> None:
+    """Ctrl-C reaches every process of the sweep (the terminal signals its process group); SIGTERM
+    (``timeout``) the launcher alone, which passes it on. Each running cell ends KILLED at its safe
+    point, no cell starts after, one line per cell and one for the sweep, no traceback, and the
+    shell's exit code for the signal."""
+    grid = ["-m", "study=stop", "norm=none,scratch", "seed=0,1,2", "data.train_subset=2048"]
+    process = _train([*grid, "trainer.max_epochs=200", "hydra.launcher.cpu_jobs=2"], store, tmp_path)
+    assert process.stderr is not None
+    lines: list[str] = []
+    while len({line.split()[0] for line in lines if "epoch 1/200" in line}) < 2:  # both slots train
+        line = process.stderr.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    if to_group:
+        os.killpg(process.pid, sent)
+    else:
+        process.send_signal(sent)
+    out, err = process.communicate(timeout=120)
+    output = out + "".join(lines) + err
+    assert process.returncode == 128 + sent, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert f"[sweep] interrupted ({sent.name}): 4 cells not started" in output
+    assert output.count(f"failed none-bs256-lr0.9-s0: interrupted ({sent.name})") == 1
+    runs = cell_runs(store, "stop")
+    assert len(runs) == 2 and {run.info.status for run in runs} == {"KILLED"}
 
 
 def test_an_unreachable_tracking_server_fails_fast_in_one_line(tmp_path: Path, store: str) -> None:

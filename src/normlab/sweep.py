@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.normlab_pool.pool_launcher import INTERRUPTION_FILE
 from normlab.config.cells import canonical, run_name
 from normlab.config.paths import tracking_uri
 from normlab.tracking import resume
@@ -148,11 +150,26 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         text, failed = summary(*read_outcomes(sweep_dir))
+        interruption = _interruption(sweep_dir)
+        if interruption:
+            text += (
+                f"\n[sweep] interrupted ({interruption['signal']}): {interruption['not_started']} cells not "
+                "started; rerun the same command to resume"
+            )
         print(text, flush=True)
         run_id = parent_run_id(sweep_dir)
         if run_id:
             client, _ = open_store(tracking_uri(config.tracking.uri), config.study)
             client.log_text(run_id, text + "\n", "sweep_summary.txt")
-            end_run(client, run_id, "FAILED" if failed else "FINISHED")
+            end_run(client, run_id, "KILLED" if interruption else "FAILED" if failed else "FINISHED")
+        if interruption:
+            raise SystemExit(128 + signal.Signals[interruption["signal"]])  # the shell's code for it
         if failed:
             raise SystemExit(1)
+
+
+def _interruption(sweep_dir: Path) -> dict[str, Any] | None:
+    """The signal that stopped the sweep's launcher, and how many cells it never started (the pool
+    launcher's record; other launchers leave none)."""
+    path = sweep_dir / INTERRUPTION_FILE
+    return json.loads(path.read_text()) if path.exists() else None

@@ -11,10 +11,12 @@ Select it with ``hydra/launcher=pool`` (the default of ``make sweep``).
 
 # No `from __future__ import annotations`: Hydra imports plugins in a way that breaks dataclasses with it,
 # and OmegaConf needs Optional[...] (not X | None) in structured configs.
+import json
 import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +33,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
+STOPPING = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; how SLURM preempts and `timeout` stops a job
+NOT_STARTED = "not started"
+INTERRUPTION_FILE = "interrupted.json"  # in the sweep folder: which signal stopped it, cells not started
 
 
 @dataclass
@@ -102,23 +107,44 @@ def _portable(ret: JobReturn) -> bytes:
 
 
 def _worker(slot: Slot, state: bytes, jobs: Any, results: Any, parent: int) -> None:
-    """A slot's process: its environment was pinned by the parent; run cells until told to stop."""
+    """A slot's process: its environment was pinned by the parent; run cells until told to stop.
+    Ctrl-C or SIGTERM ends the worker after its cell: a task that traps them at a safe point (as
+    normlab's training does) ends the cell itself, else the cell is interrupted at once; either way
+    it reports as failed, with no traceback, and the worker takes no more cells."""
     _die_with_parent(parent)
+    stop: list[str] = []
+    busy = [False]
+
+    def on_signal(received: int, frame: Any) -> None:
+        stop.append(signal.Signals(received).name)
+        if busy[0] and len(stop) == 1:  # outside the task's own safe point; a repeat changes nothing
+            raise KeyboardInterrupt(stop[-1])
+
+    for signum in STOPPING:
+        signal.signal(signum, on_signal)
     task_function, context, singleton = cloudpickle.loads(state)
     if "torch" in sys.modules:  # the task's module imported it: pin it (else OMP_NUM_THREADS will)
         sys.modules["torch"].set_num_threads(slot.threads)
     Singleton.set_state(singleton)
     setup_globals()
-    while (job := jobs.get()) is not None:
+    while not stop and (job := jobs.get()) is not None:
         idx, config = job
         results.put((idx, "started", os.getpid()))
-        ret = run_job(
-            hydra_context=context,
-            task_function=task_function,
-            config=config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
+        busy[0] = True
+        try:
+            ret = run_job(
+                hydra_context=context,
+                task_function=task_function,
+                config=config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        except (KeyboardInterrupt, SystemExit) as interruption:  # the task ended for a signal
+            why = f"interrupted ({stop[0] if stop else 'SIGINT'}): {interruption}".rstrip(": ")
+            ret = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError(why))
+            stop.append("interrupted")
+        finally:
+            busy[0] = False
         results.put((idx, "ended", _portable(ret)))
 
 
@@ -139,7 +165,14 @@ class PoolLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        interruption = sweep_dir / INTERRUPTION_FILE
+        if interruption.exists():  # an earlier batch of this sweep was interrupted: start nothing more
+            record = json.loads(interruption.read_text())
+            record["not_started"] += len(job_overrides)
+            interruption.write_text(json.dumps(record))
+            return []
         slots = plan_slots(
             visible_gpus(), self.jobs_per_gpu, os.cpu_count() or 1, self.cpu_jobs, self.threads_per_job
         )
@@ -166,7 +199,34 @@ class PoolLauncher(Launcher):
         workers = [self._start(context, slot, shared) for slot in slots]
         where = ", ".join(f"{'gpu ' + s.gpu if s.gpu else 'cpu'} x{s.threads} threads" for s in slots)
         log.info(f"Launching {len(cells)} jobs on {len(slots)} slots ({where})")
-        outcomes = _collect(cells, results, workers)
+        # Ctrl-C (the terminal sends it to every process of the sweep) or SIGTERM (`timeout` sends it
+        # to this process alone: passed on; a second signal to a worker would skip its safe point):
+        # the workers end their cells and take no more, the cells never started are listed, and the
+        # sweep's summary says it was interrupted (no traceback from here).
+        stopped: list[str] = []
+
+        def stop(received: int, frame: Any) -> None:
+            stopped.append(signal.Signals(received).name)
+            if received == signal.SIGTERM and len(stopped) == 1:
+                for worker in workers:
+                    if worker.is_alive():
+                        os.kill(worker.pid, received)
+
+        previous = {signum: signal.signal(signum, stop) for signum in STOPPING}
+        try:
+            outcomes = _collect(cells, results, workers, stopped)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            # Jobs no worker took (an interrupted sweep, dead workers) must not hold up this process's
+            # exit: the queue would wait to flush them into a pipe nobody reads.
+            jobs.cancel_join_thread()
+        if stopped:
+            not_started = sum(str(ret._return_value).startswith(NOT_STARTED) for ret in outcomes.values())
+            interruption.write_text(json.dumps({"signal": stopped[0], "not_started": not_started}))
+            # Only the cells that completed: Hydra's sweeper re-raises a failed job's error, and the
+            # sweep's summary (which reads the interruption record) says what became of the others.
+            return [ret for _, ret in sorted(outcomes.items()) if ret.status == JobStatus.COMPLETED]
         return [outcomes[idx] for idx in sorted(outcomes)]
 
     @staticmethod
@@ -193,8 +253,11 @@ def _lost(overrides: list[str], why: str) -> JobReturn:
     return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=RuntimeError(why))
 
 
-def _collect(cells: dict[int, list[str]], results: Any, workers: list[Any]) -> dict[int, JobReturn]:
-    """Wait for every cell, printing progress; cells lost with a dead worker count as failed."""
+def _collect(
+    cells: dict[int, list[str]], results: Any, workers: list[Any], stopped: list[str]
+) -> dict[int, JobReturn]:
+    """Wait for every cell, printing progress; cells lost with a dead worker count as failed, and
+    cells no worker took once ``stopped`` names a signal as not started."""
     outcomes: dict[int, JobReturn] = {}
     running: dict[int, int] = {}  # cell -> worker pid
     started = time.perf_counter()
@@ -208,14 +271,19 @@ def _collect(cells: dict[int, list[str]], results: Any, workers: list[Any]) -> d
                     outcomes[idx] = _lost(cells[idx], f"worker {pid} died while running cell {idx}")
                     del running[idx]
             if not alive and len(outcomes) < len(cells):
+                why = (
+                    f"not started: the sweep was interrupted ({stopped[0]})" if stopped else "no worker left"
+                )
                 for idx in cells.keys() - outcomes.keys():
-                    outcomes[idx] = _lost(cells[idx], "no worker left to run this cell")
+                    outcomes[idx] = _lost(cells[idx], why)
             continue
         if kind == "started":
             running[idx] = value
             continue
         running.pop(idx, None)
         outcomes[idx] = cloudpickle.loads(value)
+        if outcomes[idx].overrides is None:  # a cell a signal ended in its worker
+            outcomes[idx].overrides = cells[idx]
         failed = sum(ret.status == JobStatus.FAILED for ret in outcomes.values())
         elapsed = time.perf_counter() - started
         eta = elapsed / len(outcomes) * (len(cells) - len(outcomes))
