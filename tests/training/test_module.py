@@ -12,7 +12,7 @@ from normlab.data.fashion_mnist import Split
 from normlab.layers.registry import norm_factory
 from normlab.models import LeNet
 from normlab.training.inputs import QUIET_TRAINER
-from normlab.training.module import Classifier, Diverged
+from normlab.training.module import Classifier, Diverged, divergence
 
 
 def _train(per_call: int, batch_size: int = 8, warmup_steps: int = 0) -> dict[str, torch.Tensor]:
@@ -85,6 +85,23 @@ def test_a_nan_validation_loss_is_a_divergence() -> None:
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
     split = Split(torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,)))
     with pytest.raises(Diverged, match=r"diverged at epoch 1 \(val loss nan\)"):
+        trainer.fit(
+            module,
+            train_dataloaders=SGDCalls(IndexBatches(split, 8, shuffle=False), 1),
+            val_dataloaders=IndexBatches(split, 8, shuffle=False),
+        )
+
+
+def test_a_finite_but_huge_training_loss_is_a_divergence() -> None:
+    """The one divergence rule: a training loss beyond twice chance's cross-entropy (2 ln 10) ends
+    the run, though it stays finite (no norm at lr 1e4 reaches 1e5); a test loss alone does not
+    (BN's moving statistics may lag a sound net)."""
+    assert divergence({"train/loss": 4.6, "val/loss": 1e6}, 1) is None
+    assert divergence({"train/loss": 1.8e5}, 2) == "diverged at epoch 2 (train loss 1.8e+05 > 2 ln 10 = 4.61)"
+    module = Classifier(LeNet(norm_factory("none")), partial(torch.optim.SGD, lr=1e4))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
+    split = Split(torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    with pytest.raises(Diverged, match=r"diverged at epoch 1 \(train loss .* > 2 ln 10 = 4.61\)"):
         trainer.fit(
             module,
             train_dataloaders=SGDCalls(IndexBatches(split, 8, shuffle=False), 1),

@@ -24,6 +24,7 @@ from scipy import stats
 from normlab import config
 from normlab.config import cells
 from normlab.config.paths import EXPERIMENTS_DIR
+from normlab.config.rules import DIVERGED_LOSS
 from normlab.report import convergence, findings, ladder, plots, walltime
 from normlab.report.statistics import prediction_interval
 from normlab.tracking import store as tracking
@@ -39,7 +40,6 @@ REFERENCES = {
 }
 SWEPT = plots.SWEPT
 # Worse than guessing uniformly (ln 10) by a wide margin: the run blew up even if no NaN appeared.
-DIVERGED_LOSS = 2 * math.log(10)
 
 
 class ReportError(RuntimeError):

@@ -13,6 +13,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from normlab.config.budgets import LrSchedule
+from normlab.config.rules import DIVERGED_LOSS
 from normlab.data.batches import Batch
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -20,7 +21,8 @@ CONSTANT = LrSchedule("constant", warmup_steps=0, total_steps=0)
 
 
 class Diverged(ArithmeticError):
-    """The training or validation loss became NaN or infinite."""
+    """The training or validation loss became NaN or infinite, or the training loss exceeded
+    ``DIVERGED_LOSS`` (``normlab.config.rules``)."""
 
 
 def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -32,11 +34,15 @@ def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
 
 def divergence(metrics: dict[str, float], epoch: int) -> str | None:
     """Why an epoch's metrics say the run diverged (a NaN test loss is as diverged as a NaN
-    training loss), or None."""
+    training loss; a large test loss alone is not: BN's moving statistics can lag a sound net),
+    or None."""
     for stage in ("train", "val"):
         loss = metrics.get(f"{stage}/loss", 0.0)
         if not math.isfinite(loss):
             return f"diverged at epoch {epoch} ({stage} loss {loss})"
+    loss = metrics.get("train/loss", 0.0)
+    if loss > DIVERGED_LOSS:
+        return f"diverged at epoch {epoch} (train loss {loss:.3g} > 2 ln 10 = {DIVERGED_LOSS:.2f})"
     return None
 
 
