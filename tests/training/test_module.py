@@ -80,16 +80,21 @@ class _NaNWhenEvaluated(torch.nn.Module):
         return logits if self.training else logits * float("nan")
 
 
-def test_a_nan_validation_loss_is_a_divergence() -> None:
-    module = Classifier(_NaNWhenEvaluated(), partial(torch.optim.SGD, lr=0.1))
+def _fit_on_random_images(net: torch.nn.Module, lr: float, images: int) -> None:
+    """Two epochs of batch 8 over random images (training and validation alike)."""
+    module = Classifier(net, partial(torch.optim.SGD, lr=lr))
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
-    split = Split(torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    split = Split(torch.rand(images, 1, 28, 28), torch.randint(0, 10, (images,)))
+    trainer.fit(
+        module,
+        train_dataloaders=SGDCalls(IndexBatches(split, 8, shuffle=False), 1),
+        val_dataloaders=IndexBatches(split, 8, shuffle=False),
+    )
+
+
+def test_a_nan_validation_loss_is_a_divergence() -> None:
     with pytest.raises(Diverged, match=r"diverged at epoch 1 \(val loss nan\)"):
-        trainer.fit(
-            module,
-            train_dataloaders=SGDCalls(IndexBatches(split, 8, shuffle=False), 1),
-            val_dataloaders=IndexBatches(split, 8, shuffle=False),
-        )
+        _fit_on_random_images(_NaNWhenEvaluated(), lr=0.1, images=16)
 
 
 def test_a_finite_but_huge_training_loss_is_a_divergence() -> None:
@@ -98,12 +103,5 @@ def test_a_finite_but_huge_training_loss_is_a_divergence() -> None:
     (BN's moving statistics may lag a sound net)."""
     assert divergence({"train/loss": 4.6, "val/loss": 1e6}, 1) is None
     assert divergence({"train/loss": 1.8e5}, 2) == "diverged at epoch 2 (train loss 1.8e+05 > 2 ln 10 = 4.61)"
-    module = Classifier(LeNet(norm_factory("none")), partial(torch.optim.SGD, lr=1e4))
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, **QUIET_TRAINER)
-    split = Split(torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,)))
     with pytest.raises(Diverged, match=r"diverged at epoch 1 \(train loss .* > 2 ln 10 = 4.61\)"):
-        trainer.fit(
-            module,
-            train_dataloaders=SGDCalls(IndexBatches(split, 8, shuffle=False), 1),
-            val_dataloaders=IndexBatches(split, 8, shuffle=False),
-        )
+        _fit_on_random_images(LeNet(norm_factory("none")), lr=1e4, images=64)
