@@ -83,10 +83,9 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "tracking.system_metrics_s": ("a number > 0 (seconds)", lambda v: _number(v) and v > 0),
 }
 _ABSENT = object()
-# The divergence rule, one for the run, the sweep and the results page: a loss that is not finite
-# (training or test), or an epoch's mean training loss above twice the cross-entropy of guessing one
-# of 10 classes (2 ln 10 = 4.61): a net that far from chance is not learning (`norm=none
-# optimizer.lr=1e4` reaches 1.8e5 and stays finite).
+# A run that ends with a training loss above twice the cross-entropy of guessing one of 10 classes
+# (2 ln 10 = 4.61) did not learn: the results page counts it as diverged (a non-finite loss ends the
+# run itself, training.module.divergence).
 DIVERGED_LOSS = 2 * math.log(10)
 # Lightning Trainer arguments normlab sets itself: a user's value would clash with its own (a TypeError
 # inside Lightning) or fight the mechanism that does the job, so each is refused naming that mechanism.
