@@ -1,33 +1,18 @@
-"""Hydra's own launcher contract: the suites hydra's joblib and submitit launchers pass, run on the
-pool launcher the way their plugins parametrize them (a task may be any callable: a closure, an
-object; each job gets its config, its working dir and its return value)."""
+"""The pool launcher keeps Hydra's launcher contract: Hydra's own LauncherTestSuite and
+IntegrationTestSuite (``tests/hydra_launcher_suites.py``), run in a pytest process of their own."""
 
-import pytest
-from hydra.core.plugins import Plugins
-from hydra.plugins.launcher import Launcher
-from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+import re
+import subprocess
+import sys
+from pathlib import Path
 
-from hydra_plugins.normlab_pool.pool_launcher import PoolLauncher
+from normlab.config.paths import PROJECT_ROOT
 
-
-def test_discovery() -> None:
-    assert PoolLauncher.__name__ in [cls.__name__ for cls in Plugins.instance().discover(Launcher)]
+SUITES = Path(__file__).with_name("hydra_launcher_suites.py")
 
 
-@pytest.mark.parametrize("launcher_name, overrides", [("pool", ["hydra.launcher.cpu_jobs=2"])])
-class TestPoolLauncher(LauncherTestSuite):
-    pass
-
-
-@pytest.mark.parametrize(
-    "task_launcher_cfg, extra_flags",
-    [
-        pytest.param(
-            {},
-            ["-m", "hydra/job_logging=disabled", "hydra/launcher=pool", "hydra.launcher.cpu_jobs=2"],
-            id="pool",
-        )
-    ],
-)
-class TestPoolLauncherIntegration(IntegrationTestSuite):
-    pass
+def test_the_pool_launcher_passes_hydras_launcher_suites() -> None:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", str(SUITES)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert re.search(r"\b21 passed\b", result.stdout), result.stdout[-2000:]  # the suites and discovery
