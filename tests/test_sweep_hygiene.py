@@ -107,14 +107,12 @@ def test_ctrl_c_or_sigterm_marks_the_run_killed_and_says_so(
     assert run.info.status == "KILLED" and run.data.tags["failure"].startswith(f"interrupted ({sent.name})")
 
 
-@pytest.mark.parametrize(("sent", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
-def test_a_pool_sweep_stopped_by_ctrl_c_or_sigterm_says_so_without_a_traceback(
-    tmp_path: Path, store: str, sent: signal.Signals, to_group: bool
-) -> None:
-    """Ctrl-C reaches every process of the sweep (the terminal signals its process group); SIGTERM
-    (``timeout``) the launcher alone, which passes it on. Each running cell ends KILLED at its safe
-    point, no cell starts after, one line per cell and one for the sweep, no traceback, and the
-    shell's exit code for the signal."""
+def test_a_pool_sweep_stopped_by_ctrl_c_says_so_without_a_traceback(tmp_path: Path, store: str) -> None:
+    """Ctrl-C reaches every process of the sweep (the terminal signals its process group): each
+    running cell ends KILLED at its safe point, no cell starts after, one line per cell and one for
+    the sweep, no traceback, exit 130. (SIGTERM to the launcher alone, which passes it on, was
+    checked the same way by hand; one variant keeps CI's time.)"""
+    sent, to_group = signal.SIGINT, True
     grid = ["-m", "study=stop", "norm=none,scratch", "seed=0,1,2", "data.train_subset=2048"]
     process = _train([*grid, "trainer.max_epochs=200", "hydra.launcher.cpu_jobs=2"], store, tmp_path)
     assert process.stderr is not None
