@@ -13,6 +13,7 @@ SEED_TAG = "seed"
 FUSED_WITH_TAG = "fused_with"  # on each run of a fused group: how many cells trained together, and which
 # The grids of a study a run serves (a cell two grids share trains once): "; "-separated.
 GRIDS_TAG = "grids"
+HOST_TAG = "host"  # a run's: the machine that trains it; an experiment's: the one that made it
 PID_STARTED_TAG = "pid_started"  # the run's process start time (seconds since the epoch, psutil)
 
 # Metrics of a training run, logged once per epoch at step = the epoch number (1 after the first).

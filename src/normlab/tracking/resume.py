@@ -23,7 +23,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from normlab.tracking import store
-from normlab.tracking.names import FAILURE_TAG, FINGERPRINT_TAG, PID_STARTED_TAG
+from normlab.tracking.names import FAILURE_TAG, FINGERPRINT_TAG, HOST_TAG, PID_STARTED_TAG
 
 START_TOLERANCE_S = 0.05  # psutil's start times come in clock ticks (1/100 s on Linux)
 
@@ -52,7 +52,7 @@ def is_orphaned(run: Run) -> bool:
     tags = run.data.tags
     pid, started = tags.get("pid", ""), tags.get(PID_STARTED_TAG)
     alive = pid.isdigit() and process_alive(int(pid), float(started) if started else None)
-    return tags.get("host") == platform.node() and not alive
+    return tags.get(HOST_TAG) == platform.node() and not alive
 
 
 BUSY = Plan("busy", "being trained now by another process of this machine")

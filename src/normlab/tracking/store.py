@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from normlab.config.console import say
 from normlab.config.paths import PROJECT_ROOT
 from normlab.tracking import locks
-from normlab.tracking.names import GRIDS_TAG, PID_STARTED_TAG, STATUS_TAG
+from normlab.tracking.names import GRIDS_TAG, HOST_TAG, PID_STARTED_TAG, STATUS_TAG
 
 
 def artifact_location(uri: str, study: str) -> str | None:
@@ -35,7 +35,6 @@ def artifact_location(uri: str, study: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / study).as_uri()
 
 
-HOST_TAG = "host"  # an experiment's: the machine that created it (a run's: the one that trains it)
 # Without it, MLflow 3's UI opens an experiment on its GenAI (traces) pages instead of its runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -112,7 +111,7 @@ def process_tags() -> dict[str, str]:
     """Where the run's process lives, and when it started: a rerun tells a dead run from one still
     training, also where the pid was since reused by another process (``resume.is_orphaned``)."""
     return {
-        "host": platform.node(),
+        HOST_TAG: platform.node(),
         "pid": str(os.getpid()),
         PID_STARTED_TAG: repr(psutil.Process().create_time()),
     }
