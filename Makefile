@@ -44,6 +44,17 @@ EXTRA ?=
 GRIDS = $(EXP) $(filter-out $(EXP)__extra_%,$(patsubst experiments/%.yaml,%,$(wildcard experiments/$(EXP)__*.yaml))) \
 	$(addprefix $(EXP)__extra_,$(EXTRA))
 
+# The studies: experiments/<name>.yaml less the grids of one (<name>__<grid>.yaml).
+STUDIES = $(sort $(foreach f,$(wildcard experiments/*.yaml),$(if $(findstring __,$(f)),,$(basename $(notdir $(f))))))
+comma := ,
+space := $(subst ,, )
+# A study that does not exist: one line (make's own), before anything runs.
+ifneq ($(filter sweep,$(MAKECMDGOALS)),)
+ifeq ($(filter $(EXP),$(STUDIES)),)
+$(error no study '$(EXP)'; the studies: $(subst $(space),$(comma)$(space),$(STUDIES)))
+endif
+endif
+
 sweep: venv data ## run study EXP (default d2l_bn_lenet) over its grids (EXTRA= adds named extra grids), then its table; ARGS= adds overrides
 	@status=0; for grid in $(GRIDS); do $(PY) -m normlab.train -m experiment=$$grid $(ARGS) || status=1; done; \
 	$(PY) -m normlab.report $(EXP) && exit $$status

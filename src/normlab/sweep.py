@@ -159,9 +159,14 @@ class SweepSummary(Callback):
         print(text, flush=True)
         run_id = parent_run_id(sweep_dir)
         if run_id:
-            client, _ = open_store(tracking_uri(config.tracking.uri), config.study)
-            client.log_text(run_id, text + "\n", "sweep_summary.txt")
-            end_run(client, run_id, "KILLED" if interruption else "FAILED" if failed else "FINISHED")
+            try:
+                client, _ = open_store(tracking_uri(config.tracking.uri), config.study)
+                client.log_text(run_id, text + "\n", "sweep_summary.txt")
+                end_run(client, run_id, "KILLED" if interruption else "FAILED" if failed else "FINISHED")
+            except Exception as error:  # the store is gone: the next sweep of the study closes the run
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                print(f"[sweep] its run {run_id} stays open ({reason}); the next sweep closes it", flush=True)
+                failed = failed or [reason]
         if interruption:
             raise SystemExit(128 + signal.Signals[interruption["signal"]])  # the shell's code for it
         if failed:

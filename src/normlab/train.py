@@ -24,7 +24,7 @@ from normlab.config.paths import CONF_DIR
 from normlab.config.rules import ConfigError
 from normlab.data.fashion_mnist import DataError
 from normlab.tracking.names import PARENT_TAG
-from normlab.tracking.store import StoreError
+from normlab.tracking.store import StoreError, StoreLost
 from normlab.training.lifecycle import Interrupted, RunFailed
 
 
@@ -44,7 +44,7 @@ def fused_group(job_dir: Path, group_file: str, tags: dict[str, str]) -> float:
 
     try:
         results = fit_group(cfgs, overrides, tags)
-    except (DataError, ConfigError, StoreError) as error:
+    except (DataError, ConfigError, StoreError, StoreLost) as error:
         say(f"error: {error}", logging.ERROR)
         sweep.record_outcomes(job_dir, [(name, "failed", str(error)) for name in names])
         return float("nan")
@@ -79,14 +79,16 @@ def main(cfg: DictConfig) -> float:
 
     try:
         outcome = fit(cfg, list(hydra_config.overrides.task), tags)
-    except (DataError, ConfigError, StoreError, RunFailed) as error:
-        # Bad input (nothing recorded: exit 2) or a failed run (recorded FAILED: exit 1). In a
-        # sweep the cell is listed as failed and the sweep goes on; its summary sets the exit status.
+    except (DataError, ConfigError, StoreError, RunFailed, StoreLost) as error:
+        # Bad input (nothing recorded: exit 2), a failed run (recorded FAILED: exit 1) or a store
+        # lost mid-run (StoreLost.EXIT_CODE: rerun to resume). In a sweep the cell is listed as
+        # failed and the sweep goes on; its summary sets the exit status.
         say(f"error: {error}", logging.ERROR)
         sweep.record_outcome(job_dir, cell, "failed", str(error))
         if multirun:
             return float("nan")
-        raise SystemExit(1 if isinstance(error, RunFailed) else 2) from None
+        codes = {RunFailed: 1, StoreLost: StoreLost.EXIT_CODE}
+        raise SystemExit(codes.get(type(error), 2)) from None
     except Interrupted as interruption:
         say(str(interruption), logging.WARNING)
         sweep.record_outcome(job_dir, cell, "failed", str(interruption))
@@ -98,7 +100,7 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
-    problem = config.unknown_choice(sys.argv[1:]) or config.unknown_key(sys.argv[1:])
+    problem = config.command_line_problem(sys.argv[1:])
     if problem:
         print(problem, file=sys.stderr)
         raise SystemExit(2)

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from normlab.config.cells import run_name
-from normlab.config.compose import unknown_choice
+from normlab.config.compose import unknown_choice, yaml_problem
 from normlab.config.paths import CONF_DIR, EXPERIMENTS_DIR, group_options
 from normlab.config.rules import ConfigError, check_config
-from normlab.layers.registry import NORMS
+from normlab.data.fashion_mnist import DEBIAN_ROOT, FILES
+from normlab.layers.registry import NORMS, groups_note
 from normlab.models import LeNet
 from normlab.training.inputs import build_net
 
@@ -191,6 +193,13 @@ BAD_COMMANDS = [
     ),
     (["checkpoint_dir=/proc/no/such"], "error: checkpoint_dir=/proc/no/such is not writable"),
     (["model.norm_in=bogus"], "error: model.norm_in='bogus' is not allowed; it must be all, conv, fc or"),
+    (["optimizer.momentum=-1"], "error: optimizer.momentum=-1 is not allowed; it must be a finite number"),
+    (["model.bias_before_norm=maybe"], "error: model.bias_before_norm='maybe' is not allowed; it must be"),
+    # A value all cells of a sweep share is refused once, before the sweep starts (not once per cell).
+    (["-m", "fuse=maybe", "seed=0,1"], "error: fuse='maybe' is not allowed; it must be auto, true or false"),
+    (["data.batch_size"], "error: cannot read the argument 'data.batch_size' (missing EQUAL"),
+    (["tracking.uri=foo://bar"], "error: cannot use the tracking store foo://bar: MLflow has no store for"),
+    (["data.root={cut_short}"], "error: Fashion-MNIST file {cut_short}/train-labels-idx1-ubyte.gz cannot be"),
 ]
 
 
@@ -202,6 +211,24 @@ def test_bad_values_are_rejected_with_key_and_allowed_values(
         check_config(compose_config(override.split()))
 
 
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("study: broken\n  grid: [1, 2\n")
+    try:
+        yaml.safe_load(broken.read_text())
+    except yaml.YAMLError as error:
+        wrapped = RuntimeError("Hydra's wrapping")
+        wrapped.__cause__ = error
+        problem = yaml_problem(wrapped)
+    assert problem == "error: <unicode string>, line 2: not valid YAML (mapping values are not allowed here)"
+    with broken.open() as stream:  # as Hydra reads it: the file's name in the error
+        try:
+            yaml.safe_load(stream)
+        except yaml.YAMLError as error:
+            named = yaml_problem(error)
+    assert named == f"error: {broken}, line 2: not valid YAML (mapping values are not allowed here)"
+
+
 def test_good_edge_values_pass(compose_config) -> None:
     for overrides in (
         ["norm.momentum=null"],
@@ -211,13 +238,42 @@ def test_good_edge_values_pass(compose_config) -> None:
         check_config(compose_config(overrides))
 
 
+def _data_with_a_file_cut_short(folder: Path) -> None:
+    """Fashion-MNIST's four files, the training labels cut to half their length (a copy that
+    stopped half-way)."""
+    if not DEBIAN_ROOT.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist (make data)")
+    folder.mkdir()
+    for name in FILES:
+        (folder / f"{name}.gz").symlink_to(DEBIAN_ROOT / f"{name}.gz")
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    whole = labels.read_bytes()
+    labels.unlink()
+    labels.write_bytes(whole[: len(whole) // 2])
+
+
 @pytest.mark.parametrize(("arguments", "message"), BAD_COMMANDS, ids=lambda v: str(v)[:40])
 def test_cli_bad_input_is_one_line_and_records_nothing(
     arguments: list[str], message: str, tmp_path: Path
 ) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cut_short = tmp_path / "data"
+    if any("{cut_short}" in argument for argument in arguments):
+        _data_with_a_file_cut_short(cut_short)
+    arguments = [argument.format(cut_short=cut_short) for argument in arguments]
+    message = message.format(cut_short=cut_short)
+    flags = [argument for argument in arguments if argument.startswith("-")]  # before the overrides
+    overrides = [argument for argument in arguments if not argument.startswith("-")]
     result = subprocess.run(
-        [sys.executable, "-m", "normlab.train", "data.train_subset=64", "trainer.max_epochs=1", *arguments],
+        [
+            sys.executable,
+            "-m",
+            "normlab.train",
+            *flags,
+            "data.train_subset=64",
+            "trainer.max_epochs=1",
+            *overrides,
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -227,3 +283,21 @@ def test_cli_bad_input_is_one_line_and_records_nothing(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), lines  # no traceback, no log noise
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_group_counts_that_divide_not_every_layer_are_said(compose_config) -> None:
+    net = build_net(compose_config(["norm=group", "norm.num_groups=7"]))
+    assert groups_note(net, 7) == (
+        "note: norm.num_groups=7 does not divide every layer's channels; each layer uses the largest "
+        "divisor not above it (groups for channels: 6 for 6, 4 for 16, 6 for 120, 7 for 84)"
+    )
+    assert groups_note(build_net(compose_config(["norm=group", "norm.num_groups=2"])), 2) is None
+
+
+def test_make_sweep_of_no_study_is_one_line() -> None:
+    result = subprocess.run(
+        ["make", "-s", "sweep", "EXP=nope"], cwd=CONF_DIR.parent, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "no study 'nope'; the studies: batch_size, bias, d2l_bn_lenet," in line

@@ -16,7 +16,7 @@ OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), repla
 OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 
 # The package's public names (imported after the resolvers: composing needs them).
-from normlab.config.compose import compose, unknown_choice, unknown_key  # noqa: E402
+from normlab.config.compose import command_line_problem, compose, unknown_choice, unknown_key  # noqa: E402
 from normlab.config.paths import (  # noqa: E402
     CONF_DIR,
     EXPERIMENTS_DIR,
@@ -34,6 +34,7 @@ __all__ = [
     "RULES",
     "ConfigError",
     "check_config",
+    "command_line_problem",
     "checkpoint_dir",
     "compose",
     "effective_lr",

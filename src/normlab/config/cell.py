@@ -1,6 +1,6 @@
 """What a cell is, read once from its config: its identity, data, schedule and tracking.
 
-``read_cell`` checks the config (``rules``), refuses a missing data root before anything is
+``read_cell`` checks the config (``rules``) and the data (found and verified) before anything is
 recorded, makes it canonical (``cells.canonical``) and returns a ``CellSpec``; every later step of
 a cell's run (``normlab.training``, ``normlab.fused``) takes that, not the raw config. The config
 itself stays inside (``CellSpec.cfg``): the model and norm are instantiated from it and a run
@@ -94,7 +94,7 @@ def read_cell(cfg: DictConfig) -> CellSpec:
     if not cfg.tracking.uri:
         raise ValueError("read_cell needs cfg.tracking.uri resolved (normlab.config.paths.tracking_uri)")
     rules.check_config(cfg)
-    fashion_mnist.check_root(cfg.data.root)
+    fashion_mnist.check(cfg.data.root, bool(cfg.data.download))
     cfg = cells.canonical(cfg)
     data = cfg.data
     data_spec = DataSpec(

@@ -1,15 +1,23 @@
 """The config as ``python -m normlab.train`` composes it, outside ``@hydra.main``, and the
-one-sentence refusals of command-line overrides naming no option or no key."""
+one-sentence refusals of a command line: an argument Hydra cannot read, a value out of its range
+(every value of a sweep, once for the sweep), a config file that is not YAML, an option or a key
+that does not exist. They answer before Lightning or MLflow load and before anything is recorded."""
 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.config.paths import CONF_DIR, GROUPS, group_options
+from normlab.config.paths import CONF_DIR, GROUPS, PROJECT_ROOT, group_options
+from normlab.config.rules import RULES, refusal
 
 
 def compose(overrides: list[str] | None = None, hydra_config: bool = False) -> DictConfig:
@@ -17,6 +25,67 @@ def compose(overrides: list[str] | None = None, hydra_config: bool = False) -> D
     its ``hydra:`` node, for launcher and sweep settings)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=overrides or [], return_hydra_config=hydra_config)
+
+
+def command_line_problem(arguments: list[str]) -> str | None:
+    """The first problem of ``python -m normlab.train <arguments>`` as one line, else None."""
+    return (
+        unreadable_argument(arguments)
+        or unknown_choice(arguments)
+        or bad_value(arguments)
+        or unknown_key(arguments)
+    )
+
+
+def _overrides(arguments: list[str]) -> list[str]:
+    """The overrides among ``arguments`` (Hydra's flags, such as ``-m`` or ``--cfg job``, aside)."""
+    try:
+        return list(get_args_parser().parse_args(arguments).overrides)
+    except SystemExit:  # a flag Hydra does not know: Hydra's own usage line says so
+        return []
+
+
+def unreadable_argument(arguments: list[str]) -> str | None:
+    """One sentence for an argument Hydra's override grammar cannot read (``data.batch_size``
+    without ``=``); Hydra's own message is a block with a link."""
+    for argument in _overrides(arguments):
+        try:
+            OverridesParser.create().parse_overrides([argument])
+        except OverrideParseException as error:
+            why = str(error).splitlines()[1] if len(str(error).splitlines()) > 1 else str(error)
+            return f"error: cannot read the argument {argument!r} ({why}); write key=value, e.g. seed=1"
+    return None
+
+
+def bad_value(arguments: list[str]) -> str | None:
+    """One sentence for the first value on the command line that its key's rule refuses
+    (``config.rules.RULES``). A value every cell of a sweep shares is checked once, before the
+    sweep starts (``-m fuse=maybe seed=0,1``: one refusal, not one failure per cell); a list of
+    values is checked cell by cell, where a bad cell fails alone and the sweep goes on."""
+    for override in OverridesParser.create().parse_overrides(_overrides(arguments)):
+        key = override.key_or_group
+        if override.is_delete() or override.is_sweep_override() or key not in RULES:
+            continue
+        value = override.value()
+        if isinstance(value, str) and "${" in value:
+            continue  # an interpolation: checked once composed
+        problem = refusal(key, OmegaConf.create({"value": value}).value)
+        if problem:
+            return f"error: {problem}"
+    return None
+
+
+def yaml_problem(error: BaseException | None) -> str | None:
+    """One sentence naming the config file that is not valid YAML, and its line, where composing
+    raised for one (Hydra's own report is a traceback of ~90 lines); else None."""
+    while error is not None:
+        mark = getattr(error, "problem_mark", None)
+        if isinstance(error, yaml.MarkedYAMLError) and mark is not None:
+            path = Path(mark.name)
+            shown = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
+            return f"error: {shown}, line {mark.line + 1}: not valid YAML ({error.problem})"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def unknown_choice(arguments: list[str]) -> str | None:
@@ -62,8 +131,8 @@ def unknown_key(arguments: list[str]) -> str | None:
             chosen.append(f"{key}={value.split(',')[0]}")
     try:
         known = _keys(OmegaConf.to_container(compose(chosen)))
-    except Exception:  # a bad group choice: unknown_choice and Hydra report it
-        return None
+    except Exception as error:  # a file that is not YAML, said here; else Hydra reports what it is
+        return yaml_problem(error)
     for argument in overrides:
         key = argument.partition("=")[0]
         added = key.startswith("+")

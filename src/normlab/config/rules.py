@@ -4,7 +4,7 @@ recorded, and the lr a cell trains at."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -83,9 +83,8 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "tracking.system_metrics_s": ("a number > 0 (seconds)", lambda v: _number(v) and v > 0),
 }
 _ABSENT = object()
-# A run that ends with a training loss above twice the cross-entropy of guessing one of 10 classes
-# (2 ln 10 = 4.61) did not learn: the results page counts it as diverged (a non-finite loss ends the
-# run itself, training.module.divergence).
+# Twice the cross-entropy of guessing one of 10 classes (2 ln 10 = 4.61): a net whose training loss
+# stays above it is worse than guessing, not slow (``divergence``).
 DIVERGED_LOSS = 2 * math.log(10)
 # Lightning Trainer arguments normlab sets itself: a user's value would clash with its own (a TypeError
 # inside Lightning) or fight the mechanism that does the job, so each is refused naming that mechanism.
@@ -100,13 +99,39 @@ PLATFORM_TRAINER = {
 }
 
 
+def divergence(metrics: Mapping[str, float], epoch: int) -> str | None:
+    """Why a run diverged, judged from an epoch's metrics (epoch 1 = after the first), or None.
+    One rule for the run (it ends FAILED, a fused cell masked), the sweep and the results page:
+
+    - a training or test loss that is NaN or infinite, at any epoch;
+    - from the second epoch on, a training loss above DIVERGED_LOSS. The first epoch's average
+      includes the start, where a few steps at a large lr (batch 1 to 8, lr 0.9) spike above it
+      and recover; a run of one epoch is judged by the first rule only."""
+    for stage in ("train", "val"):
+        loss = metrics.get(f"{stage}/loss", 0.0)
+        if not math.isfinite(loss):
+            return f"diverged at epoch {epoch} ({stage} loss {loss})"
+    loss = metrics.get("train/loss", 0.0)
+    if epoch >= 2 and loss > DIVERGED_LOSS:
+        bound = f"2 ln 10 = {DIVERGED_LOSS:.2f}, twice guessing's"
+        return f"diverged at epoch {epoch} (training loss {loss:.4g} > {bound})"
+    return None
+
+
+def refusal(key: str, value: object) -> str | None:
+    """Why ``key=value`` is not allowed (naming both and what is), or None."""
+    allowed, ok = RULES[key]
+    return None if ok(value) else f"{key}={value!r} is not allowed; it must be {allowed}"
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value is out of range, and what is allowed,
     or a norm option its kind does not take (``norm=group +norm.momentum=0.1``)."""
-    for key, (allowed, ok) in RULES.items():
+    for key in RULES:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT and not ok(value):
-            raise ConfigError(f"{key}={value!r} is not allowed; it must be {allowed}")
+        problem = None if value is _ABSENT else refusal(key, value)
+        if problem:
+            raise ConfigError(problem)
     for key in cfg.get("trainer") or {}:
         if key in PLATFORM_TRAINER:
             raise ConfigError(f"trainer.{key} is set by normlab, not by you: {PLATFORM_TRAINER[key]}")

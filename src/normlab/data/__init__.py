@@ -10,7 +10,7 @@ from normlab.data.batches import (
     SGDCalls,
     order_seed,
 )
-from normlab.data.fashion_mnist import CHANCE, TRAIN_SIZE, DataError, Split, check_root, load, locate
+from normlab.data.fashion_mnist import CHANCE, TRAIN_SIZE, DataError, Split, check, load, locate
 
 __all__ = [
     "CHANCE",
@@ -23,7 +23,7 @@ __all__ = [
     "Order",
     "SGDCalls",
     "Split",
-    "check_root",
+    "check",
     "load",
     "locate",
     "order_seed",

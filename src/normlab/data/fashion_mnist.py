@@ -122,11 +122,11 @@ def locate(root: str | None = None, download: bool = True) -> dict[str, bytes]:
     raise DataError(f"Fashion-MNIST was not found in {dirs}; {HOW_TO_GET}.")
 
 
-def check_root(root: str | None) -> None:
-    """Before anything is recorded: an explicit ``root`` must hold the four files (verified when
-    they are loaded). A typo there should fail in one sentence, not after a run was started."""
-    if root and not any(all(_find(d, name) for name in FILES) for d in _candidate_dirs(root)):
-        raise DataError(f"data.root={root} holds no verified Fashion-MNIST files; {HOW_TO_GET}.")
+def check(root: str | None, download: bool) -> None:
+    """Before anything is recorded: the files a cell would train on are found and verified (and
+    decoded, once per process, for the cell to use), else DataError in one sentence. A typo in
+    ``root`` or a file cut short should fail here, not after a run was started."""
+    _decoded(root, download)
 
 
 def _images(raw: bytes) -> torch.Tensor:

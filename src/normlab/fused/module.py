@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.config.budgets import LrSchedule
+from normlab.config.rules import divergence
 from normlab.data.batches import Batch, IndexBatches
 from normlab.fused.model import FusedLeNet, FusedSGD
-from normlab.training.module import CONSTANT, EpochSums, divergence
+from normlab.training.module import CONSTANT, EpochSums
 
 
 class FusedEpochs:
@@ -74,10 +75,10 @@ class FusedClassifier(EpochSums):
     """Trains a ``FusedLeNet`` of K cells: model k with lr ``lrs[k]`` (times the shared warm-up
     and cosine schedule), starting at step ``first_step`` (a resumed group). After each epoch
     ``epoch_metrics[k]`` holds cell k's metrics, named as ``Classifier`` logs them, or None for a
-    cell that diverged (``diverged[k]`` says why, in the epoch it did). A cell whose loss turns
-    NaN or infinite is masked from then on: its loss leaves the summed loss (its gradient is zero)
-    and its lr is 0; the others train on. ``nets``: the K cells' own LeNets, which validation
-    tests with the fused model's weights.
+    cell that diverged (``diverged[k]`` says why, in the epoch it did). A cell that diverges
+    (``config.rules.divergence``) is masked from then on: its loss leaves the summed loss (its
+    gradient is zero) and its lr is 0; the others train on. ``nets``: the K cells' own LeNets,
+    which validation tests with the fused model's weights.
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class FusedClassifier(EpochSums):
         self.after_step = after_step  # called with the number of steps taken (a budget's fork: ``branches``)
         self.epoch_offset = epoch_offset
         self.epoch_metrics: list[dict[str, float] | None] = [None] * model.k
-        self.diverged: dict[int, str] = {}  # cells whose loss turned NaN this epoch: why
+        self.diverged: dict[int, str] = {}  # cells that diverged this epoch: why
 
     def configure_optimizers(self) -> None:
         return None  # ``fused.FusedSGD``: one lr per model within each fused tensor

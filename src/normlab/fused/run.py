@@ -5,7 +5,7 @@
 (``normlab.training.lifecycle``: claim, skip / resume / new, start, recording, finish) exactly as a
 solo cell does, with a ``fused_with`` tag; the cells that train run as one ``FusedLeNet`` in one
 Lightning loop. After every epoch each cell's metrics go into its own run and its own state into
-its own checkpoint (``checkpoints.FUSED``); a cell whose loss turns NaN is recorded FAILED and
+its own checkpoint (``checkpoints.FUSED``); a cell that diverges is recorded FAILED and
 masked, the others go on; at the end each cell gets its PreciseBN and batch-statistics evaluation
 and is finished. Killed, every cell resumes from its checkpoint.
 """

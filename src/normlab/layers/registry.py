@@ -43,6 +43,19 @@ def groups_for(num_features: int, num_groups: int) -> int:
     return max(g for g in range(1, min(num_groups, num_features) + 1) if num_features % g == 0)
 
 
+def groups_note(net: nn.Module, num_groups: int) -> str | None:
+    """A sentence where ``norm.num_groups`` divides not every Group Norm layer's channels of
+    ``net`` (each then uses ``groups_for``), naming what each uses; else None."""
+    layers = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    if all(layer.num_groups == num_groups for layer in layers):
+        return None
+    used = ", ".join(f"{layer.num_groups} for {layer.num_channels}" for layer in layers)
+    return (
+        f"note: norm.num_groups={num_groups} does not divide every layer's channels; each layer uses "
+        f"the largest divisor not above it (groups for channels: {used})"
+    )
+
+
 def _group(num_features: int, spatial: bool, eps: float = 1e-5, num_groups: int = 4) -> nn.Module:
     """Group Norm (Wu & He 2018): statistics per sample over each group of channels (and H, W);
     no batch statistics, so no momentum and no batch-size dependence. torch's layer."""

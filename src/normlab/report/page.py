@@ -24,7 +24,7 @@ from scipy import stats
 from normlab import config
 from normlab.config import cells
 from normlab.config.paths import EXPERIMENTS_DIR
-from normlab.config.rules import DIVERGED_LOSS
+from normlab.config.rules import divergence
 from normlab.report import convergence, findings, ladder, plots, walltime
 from normlab.report.statistics import prediction_interval
 from normlab.tracking import store as tracking
@@ -128,13 +128,25 @@ def _statistics_batch(run: pd.Series) -> float:
     return min(batch, virtual) if math.isfinite(virtual) else batch
 
 
+def _finished_diverged(finished: pd.DataFrame) -> int:
+    """Finished runs that diverged by the rule that now ends a run FAILED (``rules.divergence``),
+    judged at their last epoch: runs recorded before the rule stopped them. (A finished run has
+    no non-finite loss: a missing one is not judged.)"""
+    losses = pd.to_numeric(_column(finished, "metrics.train/loss"), errors="coerce")
+    epochs = pd.to_numeric(_column(finished, "params.trainer.max_epochs"), errors="coerce").fillna(1)
+    return sum(
+        divergence({"train/loss": loss}, int(epoch)) is not None
+        for loss, epoch in zip(losses, epochs, strict=True)
+        if math.isfinite(loss)
+    )
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setup: sweep values, n finished, failures with reasons, and statistics over seeds."""
     rows = []
     for setup, group in runs.groupby("tags.setup", sort=False):
         finished = group[group["status"] == "FINISHED"]
         failed = group[group["status"] == "FAILED"]
-        final_loss = pd.to_numeric(_column(finished, "metrics.train/loss"), errors="coerce")
         row: dict[str, object] = {
             "setup": setup,
             "norm": _column(group, "tags.norm").iloc[0],
@@ -146,7 +158,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             .iloc[0],
             "n": len(finished),
             "failed": len(failed),
-            "diverged": int((final_loss > DIVERGED_LOSS).sum())
+            "diverged": _finished_diverged(finished)
             + int(_column(failed, f"tags.{FAILURE_TAG}").astype(str).str.startswith("Diverged").sum()),
             "failure": "; ".join(sorted(set(_column(failed, f"tags.{FAILURE_TAG}").dropna().astype(str)))),
             "seeds": ",".join(sorted(finished["tags.seed"].astype(str), key=int)),

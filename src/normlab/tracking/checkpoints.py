@@ -2,15 +2,22 @@
 every epoch, written so that a kill at any moment leaves the last whole one.
 
 Solo cells keep Lightning's checkpoint (the whole trainer state), a fused group's cells their own
-net and progress (``normlab.fused.run``): each path resumes only its own kind.
+net and progress (``normlab.fused.run``): each path resumes only its own kind. A checkpoint that
+cannot be read (a disk filled up, a copy cut short) is set aside, not resumed from
+(``resumable``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
+
+from normlab.config.console import say
 
 SOLO, FUSED = "last.ckpt", "fused.ckpt"
 
@@ -47,3 +54,33 @@ def write(path: Path, save: Callable[[Path], None], keep_previous: bool = False)
         os.link(path, linked)
         os.replace(linked, previous(path))
     os.replace(partial, path)
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be loaded as a checkpoint, or None."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)  # our own file: any object in it
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        lines = str(error).strip().splitlines()
+        return lines[0][:120] if lines else type(error).__name__
+    return None
+
+
+def resumable(path: Path) -> Path | None:
+    """The newest checkpoint of ``path`` and its ``previous`` that can be read, or None; each one
+    that cannot is moved to ``<checkpoint_dir>/unreadable/`` (kept for a look, never resumed
+    from), one line saying so. A fused cell then resumes from the epoch before, a solo cell trains
+    anew."""
+    found = None
+    for candidate in (path, previous(path)):
+        if not candidate.exists():
+            continue
+        why = _unreadable(candidate)
+        if why is None:
+            found = found or candidate
+            continue
+        aside = candidate.parent.parent / "unreadable" / f"{candidate.parent.name}-{candidate.name}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(candidate, aside)
+        say(f"checkpoint {candidate} cannot be read ({why}): set aside as {aside}", logging.WARNING)
+    return found

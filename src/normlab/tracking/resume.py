@@ -7,8 +7,9 @@ with that fingerprint:
 - a FINISHED one: skip the cell (unless ``force=true``);
 - a RUNNING one whose process is gone (same host, dead pid or a pid reused since): mark it KILLED;
 - a RUNNING one whose process lives (or lives on another host): busy, it is being trained now;
-- a KILLED one with a per-epoch checkpoint: resume it, into the same MLflow run;
-- otherwise (none, FAILED, KILLED before its first checkpoint): a new run.
+- a KILLED one with a per-epoch checkpoint that can be read: resume it, into the same MLflow run;
+- otherwise (none, FAILED, KILLED before its first checkpoint or with an unreadable one, set
+  aside): a new run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import psutil
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from normlab.tracking import store
+from normlab.tracking import checkpoints, store
 from normlab.tracking.names import FAILURE_TAG, FINGERPRINT_TAG, HOST_TAG, PID_STARTED_TAG
 
 START_TOLERANCE_S = 0.05  # psutil's start times come in clock ticks (1/100 s on Linux)
@@ -80,8 +81,8 @@ def plan_cell(
         where = f"{running[0].data.tags.get('host', '?')} pid {running[0].data.tags.get('pid', '?')}"
         return Plan("busy", f"running now as run {running[0].info.run_id} ({where})", running[0].info.run_id)
     killed = [run for run in runs if status[run.info.run_id] == "KILLED"]
-    if killed and checkpoint.exists() and not force:
-        return Plan(
-            "resume", f"resuming run {killed[0].info.run_id} from {checkpoint}", killed[0].info.run_id
-        )
+    if killed and not force:
+        found = checkpoints.resumable(checkpoint)
+        if found:
+            return Plan("resume", f"resuming run {killed[0].info.run_id} from {found}", killed[0].info.run_id)
     return Plan("new", "forced" if force and runs else "new")

@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -16,13 +17,14 @@ import psutil
 import requests
 import torch
 from mlflow.entities import Run
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 from omegaconf import DictConfig, OmegaConf
 
 from normlab.config.console import say
 from normlab.config.paths import PROJECT_ROOT
 from normlab.tracking import locks
+from normlab.tracking.monitor import SteadyMonitor
 from normlab.tracking.names import GRIDS_TAG, HOST_TAG, PID_STARTED_TAG, STATUS_TAG
 
 
@@ -121,36 +123,96 @@ class StoreError(RuntimeError):
     """The tracking store cannot be opened or written; the message names it and says why."""
 
 
+class StoreLost(RuntimeError):
+    """The tracking store stopped answering while a cell trained; the message names it and says
+    why. Its runs stay RUNNING where it cannot be written (the next run of the cell closes them,
+    as after a kill) and their checkpoints are kept: a rerun resumes."""
+
+    EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again later
+
+
+# MLflow's client retries a request to a tracking server 7 times over about 4 minutes, each try
+# waiting up to 120 s: a server gone mid-run went unnoticed for minutes. normlab's processes retry
+# 3 times over about 10 s (a server restarting within that is not noticed at all), each try waiting
+# up to 10 s; set these variables to decide otherwise.
+for _variable, _value in {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}.items():
+    os.environ.setdefault(_variable, _value)
+
 SERVER_TIMEOUT_S = 3  # a tracking server that does not answer its health check in this long is down
+# Another writer may hold a SQLite store's lock for a while (a long write, a `sqlite3` shell): a
+# process opening the store waits this long before it gives up.
+LOCKED_WAIT_S = 60.0
 
 
-def _reachable(uri: str) -> None:
-    """A tracking server answers ``/health`` within SERVER_TIMEOUT_S, else StoreError: MLflow's own
-    client retries for minutes before it gives up."""
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def server_problem(uri: str) -> str | None:
+    """Why the tracking server at ``uri`` is down (no answer to ``/health`` within
+    SERVER_TIMEOUT_S), or None: MLflow's own client retries for a while before it gives up."""
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).raise_for_status()
     except requests.RequestException as error:
-        within = f"within {SERVER_TIMEOUT_S} s ({type(error).__name__})"
-        raise StoreError(f"cannot reach the tracking server {uri} {within}") from None
+        return f"cannot reach the tracking server {uri} within {SERVER_TIMEOUT_S} s ({type(error).__name__})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def _open(uri: str, study: str) -> tuple[MlflowClient, str]:
+    """The client and the study's experiment; a locked SQLite store is waited for (LOCKED_WAIT_S)."""
+    waited_since = None
+    while True:
+        try:
+            client = MlflowClient(uri)
+            return client, experiment_id(client, study)
+        except UnsupportedModelRegistryStoreURIException:  # MLflow's sentence names its model registry
+            scheme = uri.partition("://")[0] if "://" in uri else uri
+            raise StoreError(
+                f"cannot use the tracking store {uri}: MLflow has no store for {scheme!r}; "
+                "use sqlite:///<file> or http(s)://<server>"
+            ) from None
+        except Exception as error:
+            if "database is locked" not in str(error):
+                raise
+            now = time.monotonic()
+            limit = f"{LOCKED_WAIT_S:.0f} s"
+            if waited_since is None:
+                waited_since = now
+                say(f"the tracking store {uri} is locked by another writer: waiting up to {limit}")
+            if now - waited_since > LOCKED_WAIT_S:
+                raise StoreError(
+                    f"cannot use the tracking store {uri}: still locked by another writer after {limit}"
+                ) from None
+            time.sleep(1.0)
 
 
 def open_store(uri: str, study: str) -> tuple[MlflowClient, str]:
     """A client of the store at ``uri`` (resolved: ``normlab.config.tracking_uri``) and the study's
     experiment id, or a StoreError in one sentence."""
-    if uri.startswith(("http://", "https://")):
-        _reachable(uri)
+    if is_server(uri):
+        problem = server_problem(uri)
+        if problem:
+            raise StoreError(problem)
     # Two processes creating one SQLite store (its schema migrations) or one experiment at once
     # race ("duplicate column", "UNIQUE constraint failed"): they take turns.
     database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
     turns = locks.hold(database.with_name(database.name + ".lock"), wait=True) if database else nullcontext()
     try:
         with turns:
-            client = MlflowClient(uri)
-            experiment = experiment_id(client, study)
+            client, experiment = _open(uri, study)
+    except StoreError:
+        raise
     except Exception as error:  # sqlite, HTTP and permission errors all arrive as different types
-        lines = str(error).strip().splitlines()
-        reason = lines[0][:200] if lines else type(error).__name__
-        raise StoreError(f"cannot use the tracking store {uri}: {reason}") from None
+        raise StoreError(f"cannot use the tracking store {uri}: {_first_line(error)}") from None
     if database is None:
         _say_where_artifacts_go(client, experiment, study)
     return client, experiment
@@ -228,10 +290,9 @@ def end_run(client: MlflowClient, run_id: str, status: str) -> None:
 def system_metrics(run_id: str, uri: str, interval_s: float, resumed: bool) -> Iterator[None]:
     """Log CPU, memory, disk, network (and GPU through NVML when present) as ``system/*`` metrics
     of the run every ``interval_s`` seconds while the block runs: Lightning's logger does not.
-    A resumed run continues its earlier steps."""
-    monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=uri
-    )
+    A resumed run continues its earlier steps; a store that cannot be written for a while costs
+    samples, not the rest of the run (``monitor.SteadyMonitor``)."""
+    monitor = SteadyMonitor(run_id, sampling_interval=interval_s, resume_logging=resumed, tracking_uri=uri)
     monitor.start()
     try:
         yield

@@ -3,6 +3,7 @@ net, the data on the trainer's device and the batches cut from it."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -14,10 +15,12 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from normlab.config.cell import CellSpec, DataSpec
+from normlab.config.console import say
 from normlab.config.rules import ConfigError
 from normlab.data.batches import PRECISE_BN_SAMPLE, IndexBatches
 from normlab.data.fashion_mnist import Split, load
 from normlab.evaluation.precise_bn import AfterTraining
+from normlab.layers.registry import groups_note
 from normlab.training.lifecycle import first_line
 
 # Our epoch lines replace Lightning's per-step bar; no checkpoints or summaries in the hot path.
@@ -56,7 +59,18 @@ def build_net(cfg: DictConfig) -> torch.nn.Module:
 def seeded_net(spec: CellSpec) -> torch.nn.Module:
     """The cell's net at its seed's init (data orders have their own seeds: ``data.batches``)."""
     pl.seed_everything(spec.seed, workers=False, verbose=False)
-    return build_net(spec.cfg)
+    net = build_net(spec.cfg)
+    if "num_groups" in spec.cfg.norm:
+        note = groups_note(net, spec.cfg.norm.num_groups)
+        if note:
+            say_once(note)
+    return net
+
+
+@functools.cache
+def say_once(note: str) -> None:
+    """A note said once per process: a sweep's cells share it."""
+    say(note, logging.WARNING)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ would end the process with no clean-up at all. This callback turns the first of 
 (which signal it was) and raises KeyboardInterrupt at the next training call, between SGD steps and
 outside any MLflow call; the last epoch checkpoint stays the one a rerun resumes from. A second
 signal is Python's own: Ctrl-C interrupts at once, SIGTERM terminates.
+
+A tracking server found gone mid-epoch (``tracking.watch``) stops training at the same safe point
+(``stop``), raising ``StoreLost`` there.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from normlab.tracking.store import StoreLost
+
 CAUGHT = (signal.SIGINT, signal.SIGTERM)
 
 
 class SafeInterrupt(pl.Callback):
     def __init__(self) -> None:
         self.received: str | None = None  # the signal's name ("SIGINT", "SIGTERM"), once one came
+        self.lost: str | None = None  # why the tracking store is gone, once it is
         self.previous: dict[int, Any] = {}
 
     def _press(self, signum: int, frame: FrameType | None) -> None:
@@ -32,6 +38,10 @@ class SafeInterrupt(pl.Callback):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         self.previous = {}
+
+    def stop(self, why: str) -> None:
+        """Stop training at its next safe point: the tracking store is gone (any thread may call)."""
+        self.lost = why
 
     def stopped_by(self, trainer: pl.Trainer) -> str | None:
         """The signal that interrupted training, or None where it was not interrupted (Lightning
@@ -45,6 +55,8 @@ class SafeInterrupt(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.received:
             raise KeyboardInterrupt(self.received)
+        if self.lost:
+            raise StoreLost(self.lost)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()

@@ -7,7 +7,9 @@
 3. ``start``: a new MLflow run, or the killed one reopened; a refused cell is recorded FAILED.
    The ``CellRun`` it returns records each epoch once (``EpochRecorder``) and ends the run.
 4. ``recording``: around training, whatever stops it ends each live run exactly once: an
-   exception as FAILED with the reason, Ctrl-C as KILLED (resumable), anything else KILLED.
+   exception as FAILED with the reason, Ctrl-C as KILLED (resumable), anything else KILLED; a
+   store that stopped answering, KILLED where it can still be written, else left RUNNING for the
+   next run to close (``store.StoreLost``; the checkpoint is kept).
 5. ``CellRun.finish``: FINISHED, its checkpoint dropped; the cell's ``Outcome``.
 
 A fused group is K cells going through these steps (``normlab.fused.run``): K claims, K starts, one
@@ -172,7 +174,7 @@ class CellRun:
         return f"run {self.name} failed: {reason}"
 
     def kill(self, signal_name: str | None) -> None:
-        """Record KILLED; where a signal interrupted training, tagged with it."""
+        """Record KILLED; where a signal (or the store's loss) interrupted training, tagged with it."""
         why = f"interrupted ({signal_name}): rerun to resume from the last epoch" if signal_name else None
         self._end("KILLED", why)
 
@@ -237,6 +239,24 @@ def start(cell: OpenCell, net: torch.nn.Module, overrides: list[str], tags: dict
     return run
 
 
+def _lost(runs: Sequence[CellRun], label: str, why: str) -> store.StoreLost:
+    """What to raise when the store is gone mid-training: its runs ended KILLED where it can still
+    be written (a server back by now), else left RUNNING for the next run to close."""
+    uri = runs[0].cell.spec.tracking.uri
+    if not (store.is_server(uri) and store.server_problem(uri)):
+        try:
+            for run in runs:
+                if run.ended is None:
+                    run.kill("tracking store lost")
+        except Exception:  # as feared: nothing more can be written
+            pass
+    ended = all(run.ended for run in runs)
+    fate = "marked KILLED" if ended else "left RUNNING: the next run of the cell closes it"
+    return store.StoreLost(
+        f"{why}: {label} stopped, {fate}; its checkpoint is kept: rerun once the store is back to resume"
+    )
+
+
 @dataclass
 class Stopped:
     """What ``recording`` found: each run that training ended, by its position, with the sentence
@@ -257,11 +277,20 @@ def recording(
     stopped = Stopped()
     try:
         yield stopped
+    except store.StoreLost as lost:  # the server watch found it gone: no sentence lost on a retry
+        raise _lost(runs, label, str(lost)) from None
     except Exception as error:
         stopped.error = error
-        for position, run in enumerate(runs):
-            if run.ended is None:
-                stopped.failed[position] = run.fail(type(error).__name__, first_line(error))
+        uri = runs[0].cell.spec.tracking.uri
+        gone = store.server_problem(uri) if store.is_server(uri) else None
+        if gone:  # the error is the store's own (an epoch's metrics not taken)
+            raise _lost(runs, label, gone) from None
+        try:
+            for position, run in enumerate(runs):
+                if run.ended is None:
+                    stopped.failed[position] = run.fail(type(error).__name__, first_line(error))
+        except Exception as write_error:  # the store takes no writes (e.g. locked past its timeout)
+            raise _lost(runs, label, f"cannot write to {uri} ({first_line(write_error)})") from None
     except BaseException as error:
         signal_name = interrupted() or ("SIGINT" if isinstance(error, KeyboardInterrupt) else None)
         for run in runs:

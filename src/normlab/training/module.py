@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -13,6 +12,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from normlab.config.budgets import LrSchedule
+from normlab.config.rules import divergence
 from normlab.data.batches import Batch
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -20,7 +20,8 @@ CONSTANT = LrSchedule("constant", warmup_steps=0, total_steps=0)
 
 
 class Diverged(ArithmeticError):
-    """The training or validation loss became NaN or infinite."""
+    """The run diverged (``config.rules.divergence``: a non-finite loss, or a training loss above
+    twice guessing's from the second epoch on)."""
 
 
 def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -28,18 +29,6 @@ def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-
-
-def divergence(metrics: dict[str, float], epoch: int) -> str | None:
-    """Why an epoch's metrics say the run diverged (a NaN test loss is as diverged as a NaN
-    training loss), or None. (A finite loss above ``config.rules.DIVERGED_LOSS`` is not stopped
-    here: at small scale, e.g. a test's few steps at batch 1 to 8, the first epoch's loss can
-    exceed it and recover; the results page counts a final loss above it as diverged.)"""
-    for stage in ("train", "val"):
-        loss = metrics.get(f"{stage}/loss", 0.0)
-        if not math.isfinite(loss):
-            return f"diverged at epoch {epoch} ({stage} loss {loss})"
-    return None
 
 
 class EpochSums(pl.LightningModule):
