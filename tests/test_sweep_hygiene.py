@@ -3,12 +3,14 @@ once, Ctrl-C says what happened, an unreachable server fails fast, nothing phone
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import cell_runs, run_sweep
@@ -160,3 +162,57 @@ def test_mlflow_telemetry_is_off_in_our_processes() -> None:
     code = f"import os, normlab.train; print(os.environ['MLFLOW_DISABLE_TELEMETRY']); {check}"
     result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
     assert result.stdout.split() == ["true", "True"], result.stderr[-2000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_tracking_server_lost_mid_run_ends_it_in_seconds_in_one_line(tmp_path: Path) -> None:
+    """The server dies during epoch 2: within seconds the run stops at a safe point, says which
+    server in one line, exits 75 (rerun to resume), keeps its checkpoint, and is left RUNNING for the
+    next run of the cell to close (the store cannot be written)."""
+    port, backend = _free_port(), f"sqlite:///{tmp_path / 'server.db'}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(uri):
+            assert server.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
+            time.sleep(0.5)
+        # ~25 epochs of 1-2 s: the loss is found long before the run could end
+        arguments = ["study=lost", "data.train_subset=4096", "data.batch_size=32", "trainer.max_epochs=25",
+                     *SMALL[2:], f"checkpoint_dir={tmp_path}/ck"]  # fmt: skip
+        run = _train(arguments, uri, tmp_path)
+        assert run.stderr is not None
+        lines = [run.stderr.readline()]
+        while "epoch 1/25" not in lines[-1]:
+            assert lines[-1], "".join(lines)
+            lines.append(run.stderr.readline())
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+    killed = time.monotonic()
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 75, err
+    assert time.monotonic() - killed < 30
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot reach the tracking server {uri} within 3 s"), err
+    assert "left RUNNING" in last
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    assert list((tmp_path / "ck").glob("*/last.ckpt"))
+    (left,) = cell_runs(backend, "lost")
+    assert left.info.status == "RUNNING"
+
+
+def _answers(uri: str) -> bool:
+    try:
+        return requests.get(f"{uri}/health", timeout=1).ok
+    except requests.RequestException:
+        return False

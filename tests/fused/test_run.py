@@ -148,14 +148,16 @@ class _Killed(BaseException):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("killed_at", [1, 2])
+@pytest.mark.parametrize(("killed_at", "cut_short"), [(1, False), (2, False), (2, True)])
 def test_a_group_killed_while_writing_its_checkpoints_resumes_as_if_uninterrupted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_at: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_at: int, cut_short: bool
 ) -> None:
     """Killed after one cell's checkpoint of epoch ``killed_at`` and before the other's (one cell
     resumable and one new, or both resumable an epoch apart), the rerun trains both cells as one
     group again and ends with the metrics of an uninterrupted group, bitwise, each epoch of each
-    metric recorded once (the epoch the group replays is not logged again)."""
+    metric recorded once (the epoch the group replays is not logged again). ``cut_short``: the
+    newest checkpoint cannot be read (a disk that filled up): it is set aside and its cell resumes
+    from the one before, the other cell is not held back."""
     cells = [
         [*cell, "trainer.max_epochs=3"] for cell in (["norm=scratch", "seed=1"], ["norm=native", "seed=2"])
     ]
@@ -171,7 +173,16 @@ def test_a_group_killed_while_writing_its_checkpoints_resumes_as_if_uninterrupte
         patched.setattr(fused_run, "save_checkpoint", save_then_die)
         with pytest.raises(Interrupted):
             fit_group(*_cells(cells, tmp_path, "killed"))
+    if cut_short:
+        (newest,) = [
+            path
+            for path in (tmp_path / "killed").glob("*/fused.ckpt")
+            if path.with_suffix(".previous").exists()
+        ]
+        newest.write_bytes(newest.read_bytes()[:1000])
     resumed = fit_group(*_cells(cells, tmp_path, "killed"))
+    if cut_short:
+        assert (tmp_path / "killed" / "unreadable" / f"{newest.parent.name}-fused.ckpt").exists()
     assert sorted(r.status for r in resumed) == ["new" if killed_at == 1 else "resume", "resume"]
     killed_client = MlflowClient(f"sqlite:///{tmp_path}/killed.db")
     uninterrupted_client = MlflowClient(f"sqlite:///{tmp_path}/uninterrupted.db")

@@ -39,11 +39,27 @@ def test_a_solo_run_killed_between_an_epochs_metrics_and_its_checkpoint_records_
 
     with monkeypatch.context() as patched:
         patched.setattr(checkpoints, "write", killed_before_the_second_checkpoint)
-        with pytest.raises(Interrupted):
-            fit(compose(cell("killed")), [])
+        for name in ("killed", "cut_short"):
+            calls.clear()
+            with pytest.raises(Interrupted):
+                fit(compose(cell(name)), [])
     resumed = fit(compose(cell("killed")), [])
     assert resumed.action == "resume"
     recorded = _values(f"sqlite:///{tmp_path}/killed.db", resumed.run_id)
     assert recorded == _values(f"sqlite:///{tmp_path}/uninterrupted.db", expected.run_id)
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "lr"):
         assert [step for step, _ in recorded[key]] == [1, 2, 3], key
+
+    # Its checkpoint cut short (a disk that filled up): set aside, and the cell trains anew, to the
+    # same numbers; the killed run stays KILLED, nothing is left RUNNING.
+    (cut,) = (tmp_path / "cut_short").glob("*/last.ckpt")
+    cut.write_bytes(cut.read_bytes()[:1000])
+    anew = fit(compose(cell("cut_short")), [])
+    assert anew.action == "new"
+    assert {k: v for k, v in anew.metrics.items() if not k.startswith(SPEED)} == {
+        k: v for k, v in expected.metrics.items() if not k.startswith(SPEED)
+    }
+    assert (tmp_path / "cut_short" / "unreadable" / f"{cut.parent.name}-last.ckpt").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path}/cut_short.db")
+    runs = client.search_runs([client.get_experiment_by_name("adhoc").experiment_id])
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]

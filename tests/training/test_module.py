@@ -1,5 +1,6 @@
 """The Lightning module's training path: several SGD batches per call are exactly single calls."""
 
+import math
 from functools import partial
 
 import pytest
@@ -7,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from normlab.config.budgets import LrSchedule
+from normlab.config.rules import divergence
 from normlab.data.batches import IndexBatches, SGDCalls
 from normlab.data.fashion_mnist import Split
 from normlab.layers.registry import norm_factory
@@ -95,3 +97,15 @@ def _fit_on_random_images(net: torch.nn.Module, lr: float, images: int) -> None:
 def test_a_nan_validation_loss_is_a_divergence() -> None:
     with pytest.raises(Diverged, match=r"diverged at epoch 1 \(val loss nan\)"):
         _fit_on_random_images(_NaNWhenEvaluated(), lr=0.1, images=16)
+
+
+def test_divergence_is_one_rule_non_finite_or_above_twice_guessing_from_epoch_two() -> None:
+    assert divergence({"train/loss": math.nan, "val/loss": 0.5}, 1) == "diverged at epoch 1 (train loss nan)"
+    assert divergence({"train/loss": 0.5, "val/loss": math.inf}, 3) == "diverged at epoch 3 (val loss inf)"
+    # The first epoch's average includes the start, where a large lr spikes and recovers.
+    assert divergence({"train/loss": 1.8e5, "val/loss": 0.5}, 1) is None
+    assert divergence({"train/loss": 1.8e5}, 2) == (
+        "diverged at epoch 2 (training loss 1.8e+05 > 2 ln 10 = 4.61, twice guessing's)"
+    )
+    assert divergence({"train/loss": 2 * math.log(10)}, 5) is None  # at the bound: not above it
+    assert divergence({"train/loss": 0.3, "val/loss": 9.0}, 5) is None  # a bad test loss is not divergence

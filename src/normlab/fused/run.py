@@ -32,6 +32,7 @@ from normlab.fused.model import FusedLeNet
 from normlab.fused.module import FusedCalls, FusedClassifier
 from normlab.tracking import checkpoints
 from normlab.tracking.names import FUSED_WITH_TAG, VAL_ACC
+from normlab.tracking.watch import watch_server
 from normlab.training import lifecycle
 from normlab.training.branches import Forks, has_budget, record_budget, record_end
 from normlab.training.inputs import load_inputs, make_trainer, quiet_libraries, seeded_net
@@ -181,6 +182,7 @@ def _train(members: list[Member], spec: CellSpec) -> dict[int, Result]:
     with (
         lifecycle.recording(runs, f"fused group ({label})", lambda: safe.stopped_by(trainer)) as stopped,
         ExitStack() as monitors,
+        watch_server(spec.tracking.uri, safe.stop),  # a server gone mid-epoch stops it at a safe point
     ):
         for run in runs:
             monitors.enter_context(run.system_metrics())

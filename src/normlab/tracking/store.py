@@ -135,10 +135,13 @@ class StoreLost(RuntimeError):
 # waiting up to 120 s: a server gone mid-run went unnoticed for minutes. normlab's processes retry
 # 3 times over about 10 s (a server restarting within that is not noticed at all), each try waiting
 # up to 10 s; set these variables to decide otherwise.
+# Nor does each run's end print MLflow's "View run ... at <url>" line: normlab says what it did
+# with each cell, and `make ui` prints where to look.
 for _variable, _value in {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }.items():
     os.environ.setdefault(_variable, _value)
 

@@ -16,6 +16,7 @@ from normlab.config.cell import CellSpec, read_cell
 from normlab.data.batches import SGDCalls
 from normlab.evaluation.annealed import every_mode
 from normlab.tracking import checkpoints
+from normlab.tracking.watch import watch_server
 from normlab.training import lifecycle
 from normlab.training.branches import Forks, has_budget, record_budget, record_end, solo_branch
 from normlab.training.callbacks import EpochCheckpoint
@@ -55,7 +56,11 @@ def train(spec: CellSpec, run: CellRun, trainer: pl.Trainer, net: torch.nn.Modul
     trainer.callbacks += [EpochProgress(spec.name), EpochCheckpoint(checkpoint), safe]
     label = f"run {spec.name}"
     final: dict[str, float] = {}
-    with lifecycle.recording([run], label, lambda: safe.stopped_by(trainer)) as stopped, run.system_metrics():
+    with (
+        lifecycle.recording([run], label, lambda: safe.stopped_by(trainer)) as stopped,
+        run.system_metrics(),
+        watch_server(spec.tracking.uri, safe.stop),  # a server gone mid-epoch stops it at a safe point
+    ):
         trainer.fit(
             module,
             train_dataloaders=SGDCalls(sgd_batches, spec.data.batches_per_call),
