@@ -13,6 +13,7 @@ import atexit
 import datetime as dt
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from normlab.config.cells import canonical, run_name
 from normlab.config.paths import tracking_uri
 from normlab.tracking import resume
 from normlab.tracking.names import FAILURE_TAG, KIND_TAG
-from normlab.tracking.store import end_run, open_store, process_tags
+from normlab.tracking.store import StoreError, end_run, open_store, process_tags
 
 OUTCOME_FILE = "outcome.json"
 PARENT_RUN_FILE = "parent_run_id"
@@ -139,7 +140,11 @@ class PrepareStore(Callback):
     launcher starts jobs: first-time SQLite migrations run by several processes at once race."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        start_parent_run(config)
+        try:
+            start_parent_run(config)
+        except StoreError as error:  # no cell could be recorded: the sweep stops before its jobs
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None  # Hydra turns a callback's exception into a warning
 
 
 class SweepSummary(Callback):

@@ -198,6 +198,7 @@ BAD_COMMANDS = [
     # A value all cells of a sweep share is refused once, before the sweep starts (not once per cell).
     (["-m", "fuse=maybe", "seed=0,1"], "error: fuse='maybe' is not allowed; it must be auto, true or false"),
     (["data.batch_size"], "error: cannot read the argument 'data.batch_size' (missing EQUAL"),
+    (["-m", "tracking.uri=http://127.0.0.1:9", "seed=0,1"], "error: cannot reach the tracking server"),
     (["tracking.uri=foo://bar"], "error: cannot use the tracking store foo://bar: MLflow has no store for"),
     (["data.root={cut_short}"], "error: Fashion-MNIST file {cut_short}/train-labels-idx1-ubyte.gz cannot be"),
 ]

@@ -17,8 +17,8 @@ from normlab.tracking.names import FUSED_WITH_TAG
 from normlab.training.solo import fit
 from tests.helpers import QUICK, cell_runs, log_epochs, run_sweep
 
-CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=1536", "data.batch_size=32",
-         "trainer.max_epochs=4", "trainer.accelerator=cpu", "eval.precise_samples=320",
+CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=1024", "data.batch_size=32",
+         "trainer.max_epochs=3", "trainer.accelerator=cpu", "eval.precise_samples=320",
          "hydra.launcher.cpu_jobs=2"]  # fmt: skip
 COMPARED = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats")
 
