@@ -7,7 +7,13 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-QUICK = ["data.train_subset=2048", "data.batch_size=64", "trainer.max_epochs=2", "trainer.accelerator=cpu"]
+QUICK = [
+    "data.train_subset=2048",
+    "data.test_subset=1000",
+    "data.batch_size=64",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+]
 
 
 def run_sweep(arguments: list[str], store: str, workdir: Path, **env: str) -> subprocess.CompletedProcess:

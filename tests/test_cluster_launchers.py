@@ -36,6 +36,7 @@ def test_submitit_local_sweep_records_every_cell(tmp_path: Path, fuse: str) -> N
         "study=submitit_test",
         "norm=none,native",
         "data.train_subset=256",
+        "data.test_subset=1000",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
         "eval.precise_samples=128",

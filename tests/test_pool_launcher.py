@@ -49,6 +49,7 @@ def test_sweep_over_two_fake_gpus_pins_each_run_and_never_overbooks(tmp_path: Pa
         "norm=none,scratch",
         "seed=0,1",
         "data.train_subset=256",
+        "data.test_subset=1000",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
         "eval.precise_samples=128",

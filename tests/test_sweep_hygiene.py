@@ -18,6 +18,7 @@ from tests.helpers import cell_runs, run_sweep
 pytestmark = pytest.mark.slow
 SMALL = [
     "data.train_subset=256",
+    "data.test_subset=1000",
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
     "eval.precise_samples=128",
@@ -90,7 +91,11 @@ def test_ctrl_c_or_sigterm_marks_the_run_killed_and_says_so(
 ) -> None:
     """Ctrl-C, or SIGTERM (SLURM's preemption, ``timeout``): the run KILLED and tagged with the
     signal, one line saying so, the shell's exit code for it (130, 143)."""
-    process = _train(["study=interrupt", "data.train_subset=2048", "trainer.max_epochs=200"], store, tmp_path)
+    process = _train(
+        ["study=interrupt", "data.train_subset=2048", "data.test_subset=1000", "trainer.max_epochs=200"],
+        store,
+        tmp_path,
+    )
     assert process.stderr is not None
     lines = []
     while not any("epoch 1/200" in line for line in lines):  # a checkpoint exists
@@ -115,7 +120,14 @@ def test_a_pool_sweep_stopped_by_ctrl_c_says_so_without_a_traceback(tmp_path: Pa
     the sweep, no traceback, exit 130. (SIGTERM to the launcher alone, which passes it on, was
     checked the same way by hand; one variant keeps CI's time.)"""
     sent, to_group = signal.SIGINT, True
-    grid = ["-m", "study=stop", "norm=none,scratch", "seed=0,1,2", "data.train_subset=2048"]
+    grid = [
+        "-m",
+        "study=stop",
+        "norm=none,scratch",
+        "seed=0,1,2",
+        "data.train_subset=2048",
+        "data.test_subset=1000",
+    ]
     process = _train([*grid, "trainer.max_epochs=200", "hydra.launcher.cpu_jobs=2"], store, tmp_path)
     assert process.stderr is not None
     lines: list[str] = []
@@ -148,7 +160,9 @@ def test_an_unreachable_tracking_server_fails_fast_in_one_line(tmp_path: Path, s
         return time.perf_counter() - started, process, err
 
     startup, _, _ = seconds(["data.train_subset=0"], store)
-    elapsed, process, err = seconds(["data.train_subset=64", "trainer.max_epochs=1"], "http://127.0.0.1:9")
+    elapsed, process, err = seconds(
+        ["data.train_subset=64", "data.test_subset=1000", "trainer.max_epochs=1"], "http://127.0.0.1:9"
+    )
     assert process.returncode == 2 and elapsed - startup < 10 and elapsed < max(15, startup + 10)
     assert err.strip().splitlines() == [
         "error: cannot reach the tracking server http://127.0.0.1:9 within 3 s (ConnectionError)"
@@ -187,8 +201,8 @@ def test_a_tracking_server_lost_mid_run_ends_it_in_seconds_in_one_line(tmp_path:
             assert server.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
             time.sleep(0.5)
         # ~25 epochs of 1-2 s: the loss is found long before the run could end
-        arguments = ["study=lost", "data.train_subset=4096", "data.batch_size=32", "trainer.max_epochs=25",
-                     *SMALL[2:], f"checkpoint_dir={tmp_path}/ck"]  # fmt: skip
+        arguments = ["study=lost", "data.train_subset=4096", "data.test_subset=1000", "data.batch_size=32",
+                     "trainer.max_epochs=25", *SMALL[3:], f"checkpoint_dir={tmp_path}/ck"]  # fmt: skip
         run = _train(arguments, uri, tmp_path)
         assert run.stderr is not None
         lines = [run.stderr.readline()]

@@ -42,6 +42,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> str:
         f"study={STUDY}",
         "norm=none,scratch",
         "data.train_subset=2048",
+        "data.test_subset=1000",
         f"trainer.max_epochs={EPOCHS}",
         "trainer.accelerator=cpu",
         "eval.precise_samples=128",

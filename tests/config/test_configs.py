@@ -123,6 +123,10 @@ BAD_INPUTS = [
         "data.train_subset=60001",
         "data.train_subset=60001 is not allowed; it must be null or an integer in 1..60000",
     ),
+    (
+        "data.test_subset=10001",
+        "data.test_subset=10001 is not allowed; it must be null or an integer in 1..10000",
+    ),  # noqa: E501
     ("optimizer.lr=0", "optimizer.lr=0 is not allowed; it must be a finite number > 0"),
     ("optimizer.lr=-1.0", "optimizer.lr=-1.0 is not allowed"),
     (

@@ -16,8 +16,16 @@ from normlab.training.lifecycle import Interrupted
 from normlab.training.solo import fit
 from tests.helpers import cell_runs, run_sweep
 
-SMALL = ["study=fused", "data.train_subset=1024", "data.batch_size=8", "trainer.max_epochs=2",
-         "trainer.accelerator=cpu", "eval.precise_samples=256", "optimizer.lr=0.05"]  # fmt: skip
+SMALL = [
+    "study=fused",
+    "data.train_subset=1024",
+    "data.test_subset=1000",
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "eval.precise_samples=256",
+    "optimizer.lr=0.05",
+]
 # Every fusable kind, with the options and seeds differing between cells. Ghost BN over virtual
 # batches of 2-4 amplifies float32 rounding: alone, 1 vs 2 torch threads (another summation order)
 # move its final metrics by 0.01-0.1 here (x - mean of 2 samples is +-their half-difference), so

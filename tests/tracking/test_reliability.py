@@ -17,14 +17,27 @@ from normlab.tracking.names import FUSED_WITH_TAG
 from normlab.training.solo import fit
 from tests.helpers import QUICK, cell_runs, log_epochs, run_sweep
 
-CELLS = ["study=kill_test", "norm=scratch,native", "seed=0", "data.train_subset=1024", "data.batch_size=32",
-         "trainer.max_epochs=3", "trainer.accelerator=cpu", "eval.precise_samples=320",
-         "hydra.launcher.cpu_jobs=2"]  # fmt: skip
+# Two cells that train fused (fuse=true, plain SGD) and two alone (SGD momentum: not fusable), in one
+# sweep: both resume paths, killed at whatever moment, in one run of the test.
+CELLS = [
+    "study=kill_test",
+    "norm=scratch,native",
+    "optimizer.momentum=0,0.5",
+    "optimizer.lr=0.2",
+    "fuse=true",
+    "data.train_subset=1024",
+    "data.test_subset=1000",
+    "data.batch_size=32",
+    "trainer.max_epochs=3",
+    "trainer.accelerator=cpu",
+    "eval.precise_samples=320",
+    "hydra.launcher.cpu_jobs=2",
+]
 COMPARED = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_precise", "val/acc_batchstats")
 
 
-def _sweep(store: str, workdir: Path, name: str, fuse: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "normlab.train", "-m", *CELLS, f"fuse={fuse}",
+def _sweep(store: str, workdir: Path, name: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "normlab.train", "-m", *CELLS,
                f"checkpoint_dir={workdir / 'checkpoints'}", f"hydra.sweep.dir={workdir / name}"]  # fmt: skip
     log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
@@ -53,39 +66,43 @@ def _runs(store: str) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fuse", ["false", "true"], ids=["alone", "fused"])
-def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path, fuse: str) -> None:
+def test_sweep_killed_twice_resumes_to_the_uninterrupted_metrics(tmp_path: Path) -> None:
     killed_store = f"sqlite:///{tmp_path / 'killed.db'}"
     checkpoints = tmp_path / "checkpoints"
     for attempt in ("first", "second"):
         started = time.time()
-        _kill_after_a_checkpoint(_sweep(killed_store, tmp_path, attempt, fuse), checkpoints, started)
+        _kill_after_a_checkpoint(_sweep(killed_store, tmp_path, attempt), checkpoints, started)
     # killed processes leave RUNNING runs; a rerun marks those it cannot resume KILLED
     assert {r.info.status for r in _runs(killed_store)} <= {"RUNNING", "KILLED"}
-    final = _sweep(killed_store, tmp_path, "final", fuse)
+    final = _sweep(killed_store, tmp_path, "final")
     assert final.wait(timeout=300) == 0, (tmp_path / "final.log").read_text()[-3000:]
     log = (tmp_path / "final.log").read_text()
-    assert "resume: resuming run" in log and "[sweep] 2 cells:" in log and "0 failed" in log
+    assert "resume: resuming run" in log and "[sweep] 4 cells:" in log and "0 failed" in log
 
     reference_store = f"sqlite:///{tmp_path / 'reference.db'}"
     (tmp_path / "ref").mkdir()
-    reference = _sweep(reference_store, tmp_path / "ref", "uninterrupted", fuse)
+    reference = _sweep(reference_store, tmp_path / "ref", "uninterrupted")
     assert reference.wait(timeout=300) == 0, (tmp_path / "ref" / "uninterrupted.log").read_text()[-3000:]
 
-    killed, expected = _runs(killed_store), {r.data.tags["norm"]: r for r in _runs(reference_store)}
-    for norm in ("scratch", "native"):
-        cell = [r for r in killed if r.data.tags["norm"] == norm]
-        assert sorted(r.info.status for r in cell).count("FINISHED") == 1, [r.info.status for r in cell]
-        finished = next(r for r in cell if r.info.status == "FINISHED")
-        for key in COMPARED:
-            assert finished.data.metrics[key] == expected[norm].data.metrics[key], (norm, key)
+    def cell(run: object) -> tuple[str, str]:
+        return run.data.tags["norm"], run.data.params["optimizer.momentum"]
+
+    killed, expected = _runs(killed_store), {cell(r): r for r in _runs(reference_store)}
+    assert len(expected) == 4
+    for key in expected:
+        runs = [r for r in killed if cell(r) == key]
+        assert sorted(r.info.status for r in runs).count("FINISHED") == 1, [r.info.status for r in runs]
+        finished = next(r for r in runs if r.info.status == "FINISHED")
+        for metric in COMPARED:
+            assert finished.data.metrics[metric] == expected[key].data.metrics[metric], (key, metric)
         # every epoch recorded once, equal to the uninterrupted run's, whenever the kills came
-        for key in COMPARED:
-            ours = _history(killed_store, finished.info.run_id, key)
-            assert ours == _history(reference_store, expected[norm].info.run_id, key), (norm, key)
-            assert len({step for step, _ in ours}) == len(ours), (norm, key, ours)
+        for metric in COMPARED:
+            ours = _history(killed_store, finished.info.run_id, metric)
+            assert ours == _history(reference_store, expected[key].info.run_id, metric), (key, metric)
+            assert len({step for step, _ in ours}) == len(ours), (key, metric, ours)
+        # plain SGD fused, momentum alone
+        assert (FUSED_WITH_TAG in finished.data.tags) == (key[1] == "0"), key
     assert not list(checkpoints.glob("*/*.ckpt"))  # removed once their runs finished
-    assert all((FUSED_WITH_TAG in r.data.tags) == (fuse == "true") for r in killed)
     # The two killed sweeps' parent runs were closed by the final one; resumed runs keep no stale failure.
     client = MlflowClient(killed_store)
     experiment = client.get_experiment_by_name("kill_test").experiment_id
@@ -128,9 +145,18 @@ def test_same_config_and_seed_give_identical_metrics(compose_config, tmp_path: P
 @pytest.mark.slow
 def test_failed_cell_sweep_goes_on_exits_1_and_a_rerun_skips_the_finished(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    arguments = ["study=fail_test", "norm=native,scratch", "data.batch_size=1", "data.train_subset=32",
-                 "trainer.max_epochs=1", "trainer.accelerator=cpu", "eval.precise_samples=128",
-                 f"checkpoint_dir={tmp_path / 'checkpoints'}"]  # fmt: skip
+    arguments = [
+        "study=fail_test",
+        "norm=native,scratch",
+        "data.batch_size=1",
+        "data.train_subset=32",
+        "data.test_subset=1000",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "eval.precise_samples=128",
+        "hydra.launcher.cpu_jobs=1",
+        f"checkpoint_dir={tmp_path / 'checkpoints'}",
+    ]
     first = run_sweep(arguments, store, tmp_path)
     assert first.returncode == 1, first.stderr[-3000:]
     out = first.stdout + first.stderr

@@ -27,8 +27,17 @@ from normlab.training.module import Classifier
 
 # 512 images at batch 32: 16 steps an epoch; budgets of 2 and 4 epochs (32 and 64 steps), the
 # smaller one forked at step 26 (its decay: the last 6 steps), in the trunk's second epoch.
-SMALL = ["study=budgets", "data.train_subset=512", "data.batch_size=32", "trainer.accelerator=cpu",
-         "eval.precise_samples=256", "optimizer.lr=0.3", "warmup_samples=256", "lr_schedule=wsd"]  # fmt: skip
+SMALL = [
+    "study=budgets",
+    "data.train_subset=512",
+    "data.test_subset=1000",
+    "data.batch_size=32",
+    "trainer.accelerator=cpu",
+    "eval.precise_samples=256",
+    "optimizer.lr=0.3",
+    "warmup_samples=256",
+    "lr_schedule=wsd",
+]
 LADDER = ["trainer.max_epochs=4", "budget.ladder=[0.5,1.0]"]
 SHORT = ["trainer.max_epochs=2"]
 SPEED = ("time/", "perf/")  # seconds differ between any two runs

@@ -24,6 +24,7 @@ class DataSpec:
     root: str | None
     download: bool
     train_subset: int | None  # the first N training images; None: all
+    test_subset: int | None  # the first N test images (quick runs); None: all
     batch_size: int  # SGD's batch, and the batch of PreciseBN's and batch-statistics evaluation
     eval_batch_size: int  # the test split's batches in eval mode (changes speed only)
     samples_per_call: int  # SGD batches handed to each Lightning training call, in samples
@@ -101,6 +102,7 @@ def read_cell(cfg: DictConfig) -> CellSpec:
         data.root,
         bool(data.download),
         data.train_subset,
+        data.get("test_subset"),
         int(data.batch_size),
         int(data.eval_batch_size),
         int(data.samples_per_call),

@@ -83,6 +83,7 @@ ADDED_AT_NEUTRAL = {
     ("budget", "ladder"): [1.0],  # one budget: the run's own end
     ("budget", "cooldown"): 0.2,  # read by lr_schedule=wsd only, which came with it
     ("budget", "min_steps"): 0,
+    ("data", "test_subset"): None,  # all 10,000 test images
 }
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from normlab.data.fashion_mnist import TRAIN_SIZE
+from normlab.data.fashion_mnist import TEST_SIZE, TRAIN_SIZE
 from normlab.layers.registry import NORMS
 from normlab.models.lenet import NORM_IN, POSITIONS
 
@@ -34,6 +34,10 @@ RULES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "data.train_subset": (
         f"null or an integer in 1..{TRAIN_SIZE}",
         lambda v: v is None or (_integer(v) and 1 <= v <= TRAIN_SIZE),
+    ),
+    "data.test_subset": (
+        f"null or an integer in 1..{TEST_SIZE}",
+        lambda v: v is None or (_integer(v) and 1 <= v <= TEST_SIZE),
     ),
     "study": ("a name (text; quote a number: study=\"'123'\")", lambda v: isinstance(v, str) and v != ""),
     "optimizer.lr": ("a finite number > 0", lambda v: _number(v) and 0 < v < math.inf),

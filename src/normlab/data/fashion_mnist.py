@@ -31,6 +31,7 @@ FILES: dict[str, tuple[int, str]] = {
     "t10k-labels-idx1-ubyte": (10_008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
 }
 TRAIN_SIZE = 60_000
+TEST_SIZE = 10_000
 CHANCE = 0.1  # accuracy of guessing among the 10 balanced classes
 HOW_TO_GET = (
     "install the Debian package (apt-get install dataset-fashion-mnist) "
@@ -152,13 +153,15 @@ def load(
     download: bool = True,
     train_subset: int | None = None,
     device: torch.device | str = "cpu",
+    test_subset: int | None = None,
 ) -> tuple[Split, Split]:
-    """Train and test splits on ``device``; ``train_subset`` takes the first N training images."""
+    """Train and test splits on ``device``; ``train_subset`` takes the first N training images,
+    ``test_subset`` the first N test images (quick runs)."""
     if train_subset is not None and not 1 <= train_subset <= TRAIN_SIZE:
         raise ValueError(f"data.train_subset must be between 1 and {TRAIN_SIZE}, got {train_subset}")
     train, test = _decoded(root, download)
-    n = train_subset or TRAIN_SIZE
+    n, m = train_subset or TRAIN_SIZE, test_subset or TEST_SIZE
     return (
         Split(train.images[:n].to(device), train.labels[:n].to(device)),
-        Split(test.images.to(device), test.labels.to(device)),
+        Split(test.images[:m].to(device), test.labels[:m].to(device)),
     )

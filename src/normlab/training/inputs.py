@@ -99,5 +99,5 @@ class Inputs:
 
 
 def load_inputs(data: DataSpec, device: torch.device) -> Inputs:
-    train, test = load(data.root, data.download, data.train_subset, device)
+    train, test = load(data.root, data.download, data.train_subset, device, data.test_subset)
     return Inputs(data, train, test, IndexBatches(test, data.eval_batch_size, shuffle=False))
