@@ -202,6 +202,15 @@ BAD_COMMANDS = [
     # A value all cells of a sweep share is refused once, before the sweep starts (not once per cell).
     (["-m", "fuse=maybe", "seed=0,1"], "error: fuse='maybe' is not allowed; it must be auto, true or false"),
     (["data.batch_size"], "error: cannot read the argument 'data.batch_size' (missing EQUAL"),
+    (["norm"], "error: cannot read the argument 'norm' (missing EQUAL"),
+    (["model.conv1_padding=-5"], "error: model.conv1_padding=-5 is not allowed; it must be an integer >= 0"),
+    (["model.norm_position=bogus"], "error: model.norm_position='bogus' is not allowed; it must be"),
+    (["optimizer.weight_decay=-1"], "error: optimizer.weight_decay=-1 is not allowed; it must be a finite"),
+    (["env:MLFLOW_TRACKING_URI=foo://bar"], "error: cannot use the tracking store foo://bar: MLflow has no"),
+    (
+        ["env:NORMLAB_DATA={cut_short}"],
+        "error: Fashion-MNIST file {cut_short}/train-labels-idx1-ubyte.gz cannot",
+    ),
     (["-m", "tracking.uri=http://127.0.0.1:9", "seed=0,1"], "error: cannot reach the tracking server"),
     (["tracking.uri=foo://bar"], "error: cannot use the tracking store foo://bar: MLflow has no store for"),
     (["data.root={cut_short}"], "error: Fashion-MNIST file {cut_short}/train-labels-idx1-ubyte.gz cannot be"),
@@ -261,14 +270,16 @@ def _data_with_a_file_cut_short(folder: Path) -> None:
 def test_cli_bad_input_is_one_line_and_records_nothing(
     arguments: list[str], message: str, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     cut_short = tmp_path / "data"
     if any("{cut_short}" in argument for argument in arguments):
         _data_with_a_file_cut_short(cut_short)
     arguments = [argument.format(cut_short=cut_short) for argument in arguments]
     message = message.format(cut_short=cut_short)
-    flags = [argument for argument in arguments if argument.startswith("-")]  # before the overrides
-    overrides = [argument for argument in arguments if not argument.startswith("-")]
+    # "env:NAME=value" sets the environment; flags go before the overrides
+    variables = dict(a.removeprefix("env:").split("=", 1) for a in arguments if a.startswith("env:"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", **variables}
+    flags = [argument for argument in arguments if argument.startswith("-")]
+    overrides = [argument for argument in arguments if not argument.startswith(("-", "env:"))]
     result = subprocess.run(
         [
             sys.executable,

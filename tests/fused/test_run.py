@@ -87,18 +87,26 @@ def test_each_fused_cell_is_the_run_it_would_be_alone(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_diverging_cell_fails_alone_and_the_group_trains_on(tmp_path: Path) -> None:
-    cells = [["norm=none", "seed=0", "optimizer.lr=1e39"], ["norm=scratch", "seed=1"]]  # lr inf in float32
+    """One cell's loss turns NaN (lr inf in float32), another's stays finite but far above twice
+    guessing's (``rules.divergence``): each fails alone, in its epoch; the third trains on as alone."""
+    cells = [["norm=none", "seed=0", "optimizer.lr=1e39"], ["norm=scratch", "seed=1"],
+             ["norm=none", "seed=2", "optimizer.lr=30"]]  # fmt: skip
     results = fit_group(*_cells(cells, tmp_path, "fused"))
     solo = fit(*[part[1] for part in _cells(cells, tmp_path, "alone")])
     assert results[0].status == "failed" and "diverged at epoch 1 (train loss nan)" in results[0].reason
+    assert results[2].status == "failed" and "diverged at epoch 2 (training loss" in results[2].reason
     assert results[1].status == "new" and results[1].outcome is not None
     for key in FINAL:
         assert abs(results[1].outcome.metrics[key] - solo.metrics[key]) <= 0.005, key
     client = MlflowClient(f"sqlite:///{tmp_path}/fused.db")
-    failed = [r for r in cell_runs(f"sqlite:///{tmp_path}/fused.db", "fused") if r.info.status == "FAILED"]
-    assert [r.info.run_name for r in failed] == [results[0].name]
-    assert failed[0].data.tags["failure"].startswith("Diverged: diverged at epoch 1")
-    assert client.get_metric_history(failed[0].info.run_id, "val/acc") == []  # its NaN epoch is not logged
+    failed = {r.info.run_name: r for r in cell_runs(f"sqlite:///{tmp_path}/fused.db", "fused")
+              if r.info.status == "FAILED"}  # fmt: skip
+    assert failed.keys() == {results[0].name, results[2].name}
+    nan, finite = failed[results[0].name], failed[results[2].name]
+    assert nan.data.tags["failure"].startswith("Diverged: diverged at epoch 1")
+    assert finite.data.tags["failure"].startswith("Diverged: diverged at epoch 2 (training loss")
+    assert client.get_metric_history(nan.info.run_id, "val/acc") == []  # its NaN epoch is not logged
+    assert [m.step for m in client.get_metric_history(finite.info.run_id, "val/acc")] == [1]
 
 
 def test_fuse_auto_groups_small_batches_by_everything_but_seed_lr_and_norm() -> None:

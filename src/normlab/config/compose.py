@@ -1,7 +1,8 @@
 """The config as ``python -m normlab.train`` composes it, outside ``@hydra.main``, and the
 one-sentence refusals of a command line: an argument Hydra cannot read, a value out of its range
-(every value of a sweep, once for the sweep), a config file that is not YAML, an option or a key
-that does not exist. They answer before Lightning or MLflow load and before anything is recorded."""
+(one every cell of a sweep shares: once for the sweep), a config file that is not YAML, an option or
+a key that does not exist. They answer before Lightning or MLflow load and before anything is
+recorded."""
 
 from __future__ import annotations
 

@@ -277,7 +277,7 @@ def recording(
     stopped = Stopped()
     try:
         yield stopped
-    except store.StoreLost as lost:  # the server watch found it gone: no sentence lost on a retry
+    except store.StoreLost as lost:  # the server watch found it gone mid-epoch (``tracking.watch``)
         raise _lost(runs, label, str(lost)) from None
     except Exception as error:
         stopped.error = error
