@@ -283,3 +283,14 @@ def test_wall_time_leaves_out_the_gaps_between_sweeps() -> None:
     ends = pd.Series([at("10:20"), at("10:30"), at("11:40")])
     assert report.wall_minutes(starts, ends) == pytest.approx(40.0)
     assert report.wall_minutes(starts[:1], ends[:1]) == pytest.approx(20.0)
+
+
+def test_failures_that_differ_only_in_their_numbers_are_one_with_ranges() -> None:
+    reasons = [
+        f"Diverged: diverged at epoch 2 (training loss {loss} > 2 ln 10 = 4.61)" for loss in (11.41, 4.805)
+    ]
+    assert (
+        report.failures(reasons)
+        == "Diverged: diverged at epoch 2 (training loss 4.805-11.41 > 2 ln 10 = 4.61)"
+    )
+    assert report.failures(["ValueError: a", "Refused: b", "ValueError: a"]) == "Refused: b; ValueError: a"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -128,6 +130,25 @@ def _statistics_batch(run: pd.Series) -> float:
     return min(batch, virtual) if math.isfinite(virtual) else batch
 
 
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def failures(reasons: Iterable[str]) -> str:
+    """The distinct failure reasons of a setup's runs, "; "-separated; reasons that differ only in
+    their numbers (five seeds diverged, each at its own loss) as one, each number that differs as
+    its range: "diverged at epoch 2 (training loss 4.805-11.41 > ...)"."""
+    distinct = sorted(set(reasons))
+    shapes = {NUMBER.sub("#", reason) for reason in distinct}
+    if len(distinct) < 2 or len(shapes) > 1:
+        return "; ".join(distinct)
+    columns = zip(*(NUMBER.findall(reason) for reason in distinct), strict=True)
+    spans = iter(
+        values[0] if len(set(values)) == 1 else f"{min(values, key=float)}-{max(values, key=float)}"
+        for values in columns
+    )
+    return NUMBER.sub(lambda _: next(spans), distinct[0])
+
+
 def _finished_diverged(finished: pd.DataFrame) -> int:
     """Finished runs that diverged by the rule that now ends a run FAILED (``rules.divergence``),
     judged at their last epoch: runs recorded before the rule stopped them. (A finished run has
@@ -160,7 +181,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "failed": len(failed),
             "diverged": _finished_diverged(finished)
             + int(_column(failed, f"tags.{FAILURE_TAG}").astype(str).str.startswith("Diverged").sum()),
-            "failure": "; ".join(sorted(set(_column(failed, f"tags.{FAILURE_TAG}").dropna().astype(str)))),
+            "failure": failures(_column(failed, f"tags.{FAILURE_TAG}").dropna().astype(str)),
             "seeds": ",".join(sorted(finished["tags.seed"].astype(str), key=int)),
             "parameters": pd.to_numeric(_column(group, "tags.parameters"), errors="coerce").max(),
             "statistics_batch": _statistics_batch(group.iloc[0]),
