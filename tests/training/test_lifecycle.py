@@ -6,7 +6,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from normlab.config import compose
-from normlab.tracking import checkpoints
+from normlab.tracking import checkpoints, store
+from normlab.tracking.store import StoreLost
 from normlab.training.lifecycle import Interrupted
 from normlab.training.solo import fit
 from tests.helpers import QUICK
@@ -63,3 +64,24 @@ def test_a_solo_run_killed_between_an_epochs_metrics_and_its_checkpoint_records_
     client = MlflowClient(f"sqlite:///{tmp_path}/cut_short.db")
     runs = client.search_runs([client.get_experiment_by_name("adhoc").experiment_id])
     assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]
+
+
+def test_a_store_gone_after_the_last_epoch_keeps_the_checkpoint_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's end cannot be written (the store went away after the last epoch): StoreLost in
+    one sentence, the run left RUNNING for the next run to close, its checkpoint kept."""
+    uri = f"sqlite:///{tmp_path}/gone.db"
+
+    def gone(*args: object) -> None:
+        raise RuntimeError("(sqlite3.OperationalError) unable to open database file")
+
+    monkeypatch.setattr(store, "end_run", gone)
+    with pytest.raises(StoreLost) as lost:
+        fit(compose([*QUICK, f"tracking.uri={uri}", f"checkpoint_dir={tmp_path / 'ck'}"]), [])
+    assert str(lost.value).startswith(f"cannot write to {uri} ((sqlite3.OperationalError) unable to open")
+    assert "left RUNNING: the next run of the cell closes it" in str(lost.value)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("adhoc").experiment_id])
+    assert run.info.status == "RUNNING"
+    assert list((tmp_path / "ck").glob("*/last.ckpt"))

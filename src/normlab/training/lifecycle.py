@@ -179,8 +179,16 @@ class CellRun:
         self._end("KILLED", why)
 
     def finish(self, metrics: dict[str, float]) -> Outcome:
-        """Mark the run FINISHED, drop its checkpoint, and return its final metrics."""
-        self._end("FINISHED")
+        """Mark the run FINISHED, drop its checkpoint, and return its final metrics. A store gone
+        since the last epoch raises StoreLost, the checkpoint kept (a rerun resumes at the end)."""
+        try:
+            self._end("FINISHED")
+        except Exception as error:  # sqlite, HTTP: each store fails its own way
+            uri = self.cell.spec.tracking.uri
+            why = (store.server_problem(uri) if store.is_server(uri) else None) or (
+                f"cannot write to {uri} ({first_line(error)})"
+            )
+            raise _lost([self], f"run {self.name}", why) from None
         checkpoints.remove_checkpoint(self.cell.spec.tracking.checkpoints, self.cell.spec.fingerprint)
         return Outcome(self.cell.plan.action, metrics, self.run_id)
 
