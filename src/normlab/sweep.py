@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.normlab_pool.pool_launcher import INTERRUPTION_FILE
 from normlab.config.cells import canonical, run_name
+from normlab.config.console import first_line
 from normlab.config.paths import tracking_uri
 from normlab.tracking import resume
 from normlab.tracking.names import FAILURE_TAG, KIND_TAG
@@ -169,7 +170,7 @@ class SweepSummary(Callback):
                 client.log_text(run_id, text + "\n", "sweep_summary.txt")
                 end_run(client, run_id, "KILLED" if interruption else "FAILED" if failed else "FINISHED")
             except Exception as error:  # the store is gone: the next sweep of the study closes the run
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                reason = first_line(error, 200)
                 print(f"[sweep] its run {run_id} stays open ({reason}); the next sweep closes it", flush=True)
                 failed = failed or [reason]
         if interruption:

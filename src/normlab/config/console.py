@@ -30,6 +30,13 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An error as one line of a report: its message's first line (at most ``limit`` characters),
+    else its type's name."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 def say(message: str, level: int = logging.INFO) -> None:
     """One line of a cell's report, through logger "normlab"."""
     if not log.handlers and log.getEffectiveLevel() > level:  # logging not configured (no Hydra job)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from normlab.config.console import say
+from normlab.config.console import first_line, say
 
 SOLO, FUSED = "last.ckpt", "fused.ckpt"
 
@@ -61,8 +61,7 @@ def _unreadable(path: Path) -> str | None:
     try:
         torch.load(path, map_location="cpu", weights_only=False)  # our own file: any object in it
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        lines = str(error).strip().splitlines()
-        return lines[0][:120] if lines else type(error).__name__
+        return first_line(error, 120)
     return None
 
 

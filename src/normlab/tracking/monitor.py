@@ -14,7 +14,7 @@ import logging
 
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from normlab.config.console import say
+from normlab.config.console import first_line, say
 
 
 class SteadyMonitor(SystemMetricsMonitor):
@@ -32,7 +32,7 @@ class SteadyMonitor(SystemMetricsMonitor):
                 for monitor in self.monitors:
                     monitor.clear_metrics()
                 if not failing:
-                    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+                    reason = first_line(error, 160)
                     say(f"system metrics: cannot write to the store ({reason}); sampling on", logging.WARNING)
                 failing = True
                 continue

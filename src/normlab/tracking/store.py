@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.config.console import say
+from normlab.config.console import first_line, say
 from normlab.config.paths import PROJECT_ROOT
 from normlab.tracking import locks
 from normlab.tracking.monitor import SteadyMonitor
@@ -165,11 +165,6 @@ def server_problem(uri: str) -> str | None:
     return None
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
-
-
 def _open(uri: str, study: str) -> tuple[MlflowClient, str]:
     """The client and the study's experiment; a locked SQLite store is waited for (LOCKED_WAIT_S)."""
     waited_since = None
@@ -215,7 +210,7 @@ def open_store(uri: str, study: str) -> tuple[MlflowClient, str]:
     except StoreError:
         raise
     except Exception as error:  # sqlite, HTTP and permission errors all arrive as different types
-        raise StoreError(f"cannot use the tracking store {uri}: {_first_line(error)}") from None
+        raise StoreError(f"cannot use the tracking store {uri}: {first_line(error, 200)}") from None
     if database is None:
         _say_where_artifacts_go(client, experiment, study)
     return client, experiment

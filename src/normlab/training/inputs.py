@@ -15,13 +15,12 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from normlab.config.cell import CellSpec, DataSpec
-from normlab.config.console import say
+from normlab.config.console import first_line, say
 from normlab.config.rules import ConfigError
 from normlab.data.batches import PRECISE_BN_SAMPLE, IndexBatches
 from normlab.data.fashion_mnist import Split, load
 from normlab.evaluation.precise_bn import AfterTraining
 from normlab.layers.registry import groups_note
-from normlab.training.lifecycle import first_line
 
 # Our epoch lines replace Lightning's per-step bar; no checkpoints or summaries in the hot path.
 QUIET_TRAINER = dict(

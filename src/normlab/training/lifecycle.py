@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from normlab.config import cells
 from normlab.config.cell import CellSpec
-from normlab.config.console import say
+from normlab.config.console import first_line, say
 from normlab.config.rules import ConfigError
 from normlab.tracking import checkpoints, locks, resume, store
 from normlab.tracking.epochs import EpochRecorder
@@ -63,11 +63,6 @@ class Outcome(NamedTuple):
     action: str  # what was done with the cell: "new" (trained), "resume", "skip" or "busy" (resume.Plan)
     metrics: dict[str, float]  # the run's final metrics
     run_id: str  # the MLflow run that holds them
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def writable(folder: Path) -> Path:
