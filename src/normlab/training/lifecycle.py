@@ -179,11 +179,7 @@ class CellRun:
         try:
             self._end("FINISHED")
         except Exception as error:  # sqlite, HTTP: each store fails its own way
-            uri = self.cell.spec.tracking.uri
-            why = (store.server_problem(uri) if store.is_server(uri) else None) or (
-                f"cannot write to {uri} ({first_line(error)})"
-            )
-            raise _lost([self], f"run {self.name}", why) from None
+            raise _lost([self], f"run {self.name}", _gone(self.cell.spec.tracking.uri, error)) from None
         checkpoints.remove_checkpoint(self.cell.spec.tracking.checkpoints, self.cell.spec.fingerprint)
         return Outcome(self.cell.plan.action, metrics, self.run_id)
 
@@ -242,6 +238,12 @@ def start(cell: OpenCell, net: torch.nn.Module, overrides: list[str], tags: dict
     return run
 
 
+def _gone(uri: str, error: Exception) -> str:
+    """Why the store took no write: a server that does not answer, else ``error``."""
+    down = store.server_problem(uri) if store.is_server(uri) else None
+    return down or f"cannot write to {uri} ({first_line(error)})"
+
+
 def _lost(runs: Sequence[CellRun], label: str, why: str) -> store.StoreLost:
     """What to raise when the store is gone mid-training: its runs ended KILLED where it can still
     be written (a server back by now), else left RUNNING for the next run to close."""
@@ -285,15 +287,15 @@ def recording(
     except Exception as error:
         stopped.error = error
         uri = runs[0].cell.spec.tracking.uri
-        gone = store.server_problem(uri) if store.is_server(uri) else None
-        if gone:  # the error is the store's own (an epoch's metrics not taken)
-            raise _lost(runs, label, gone) from None
+        down = store.server_problem(uri) if store.is_server(uri) else None
+        if down:  # the error is the store's own (an epoch's metrics not taken)
+            raise _lost(runs, label, down) from None
         try:
             for position, run in enumerate(runs):
                 if run.ended is None:
                     stopped.failed[position] = run.fail(type(error).__name__, first_line(error))
         except Exception as write_error:  # the store takes no writes (e.g. locked past its timeout)
-            raise _lost(runs, label, f"cannot write to {uri} ({first_line(write_error)})") from None
+            raise _lost(runs, label, _gone(uri, write_error)) from None
     except BaseException as error:
         signal_name = interrupted() or ("SIGINT" if isinstance(error, KeyboardInterrupt) else None)
         for run in runs:
